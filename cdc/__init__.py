@@ -1,0 +1,1 @@
+"""Tributary: site-side change data capture (pgoutput -> Avro -> Kafka) and shared pieces."""

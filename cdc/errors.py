@@ -1,0 +1,43 @@
+"""One error family for Tributary.
+
+Every error a user can meet is a subclass of :class:`TributaryError`, raised ``from`` its
+cause, with a message naming the site, table, column, LSN or config key involved.
+"""
+
+from __future__ import annotations
+
+
+class TributaryError(Exception):
+    """Base of every error Tributary raises on purpose."""
+
+
+class ConfigError(TributaryError):
+    """A config file or environment variable is missing, unreadable or invalid."""
+
+
+class DecodeError(TributaryError):
+    """pgoutput bytes that do not parse: unknown tag, unknown tuple kind, truncated or leftover bytes."""
+
+
+class SchemaError(TributaryError):
+    """A relation or Avro schema that cannot be mapped or read."""
+
+
+class TypeMappingError(SchemaError):
+    """A column type the source cannot carry faithfully."""
+
+
+class DeliveryError(TributaryError):
+    """Kafka did not acknowledge an event; the source must restart from the slot's confirmed point."""
+
+
+class ReplicationError(TributaryError):
+    """The replication connection or slot is unusable (wrong wal_level, slot invalidated, ...)."""
+
+
+class ApplyError(TributaryError):
+    """The sink cannot apply an event to the cloud database; that site's stream stops."""
+
+
+class ProgressError(TributaryError):
+    """The sink's recorded progress contradicts the stream (LSNs going backwards for one identity)."""

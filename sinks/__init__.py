@@ -1,0 +1,1 @@
+"""Tributary cloud side: consume change events from Kafka and apply them to PostgreSQL."""
