@@ -41,3 +41,7 @@ class ApplyError(TributaryError):
 
 class ProgressError(TributaryError):
     """The sink's recorded progress contradicts the stream (LSNs going backwards for one identity)."""
+
+
+class ConnectionLost(TributaryError):
+    """A server (site, cloud or Kafka) went away or cannot be reached yet: retried with backoff."""

@@ -1,0 +1,154 @@
+"""Avro schemas of change events and their single-object framing.
+
+Fixed schemas (source block, Begin, Commit) live in ``schemas/*.avsc``. Per-table schemas are
+derived from a table version (:class:`cdc.relations.TableInfo`): an envelope with ``before``,
+``after``, ``op``, ``source`` and ``unchanged_toast``, and a key with the table identity and its
+key columns. Every column field records its exact PostgreSQL name and type (``pg.name``,
+``pg.type``, ``pg.key``) so the sink can create and check the cloud table.
+
+Self-contained framing (the embedded default, no registry): Avro single-object encoding,
+``C3 01`` + the 8-byte little-endian CRC-64-AVRO fingerprint of the schema's parsing canonical
+form + the Avro body. The canonical form drops custom attributes, so the envelope's record name
+carries a hash of the table metadata: two table versions that differ only in a PostgreSQL type
+modifier still get distinct fingerprints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from cdc.errors import SchemaError
+from cdc.relations import TableInfo
+
+SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+_FP = struct.Struct("<Q")
+
+OPS = ["c", "u", "d", "r", "t"]
+
+
+def load_fixed_schema(name: str) -> dict[str, Any]:
+    """One of the fixed schemas in ``schemas/`` by file stem (``source``, ``begin``, ``commit``)."""
+    path = SCHEMAS_DIR / f"{name}.avsc"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SchemaError(f"cannot read fixed Avro schema {path}: {exc}") from exc
+
+
+def schema_fingerprint(schema: dict[str, Any]) -> int:
+    """CRC-64-AVRO fingerprint of the schema's parsing canonical form, as an unsigned int."""
+    canonical = to_parsing_canonical_form(parse_schema(schema, _write_hint=False))
+    return int(fingerprint(canonical, "CRC-64-AVRO"), 16)
+
+
+def _name_part(text: str) -> str:
+    cleaned = "".join(ch if ch.isalnum() and ch.isascii() or ch == "_" else "_" for ch in text)
+    return cleaned if cleaned and not cleaned[0].isdigit() else "_" + cleaned
+
+
+def _metadata_hash(info: TableInfo) -> str:
+    meta = [info.schema, info.table, info.replica_identity,
+            [[c.name, c.sql_type, c.kind, c.is_key] for c in info.columns]]
+    return hashlib.sha256(json.dumps(meta).encode()).hexdigest()[:12]
+
+
+def _column_field(col: Any, nullable: bool) -> dict[str, Any]:
+    return {"name": col.field, "type": ["null", col.kind] if nullable else col.kind,
+            "pg.name": col.name, "pg.type": col.sql_type, "pg.key": col.is_key,
+            **({"default": None} if nullable else {})}
+
+
+def envelope_schema(info: TableInfo) -> dict[str, Any]:
+    """The value schema of a table version's change events."""
+    namespace = f"tributary.{_name_part(info.schema)}.{_name_part(info.table)}"
+    row = {"type": "record", "name": "Row",
+           "fields": [_column_field(c, nullable=True) for c in info.columns]}
+    return {
+        "type": "record", "name": f"Envelope_{_metadata_hash(info)}", "namespace": namespace,
+        "tributary.kind": "change",
+        "pg.schema": info.schema, "pg.table": info.table,
+        "pg.replica_identity": info.replica_identity,
+        "fields": [
+            {"name": "before", "type": ["null", row], "default": None},
+            {"name": "after", "type": ["null", "Row"], "default": None},
+            {"name": "op", "type": {"type": "enum", "name": "Op", "symbols": OPS}},
+            {"name": "source", "type": load_fixed_schema("source")},
+            {"name": "unchanged_toast", "type": {"type": "array", "items": "string"},
+             "default": []},
+        ],
+    }
+
+
+def key_schema(info: TableInfo) -> dict[str, Any]:
+    """The record-key schema of a table version: table identity plus key columns."""
+    namespace = f"tributary.{_name_part(info.schema)}.{_name_part(info.table)}"
+    key_row = {"type": "record", "name": "KeyRow",
+               "fields": [_column_field(c, nullable=False) for c in info.key_columns]}
+    return {
+        "type": "record", "name": f"Key_{_metadata_hash(info)}", "namespace": namespace,
+        "tributary.kind": "key",
+        "fields": [
+            {"name": "schema", "type": "string"},
+            {"name": "table", "type": "string"},
+            {"name": "key", "type": ["null", key_row], "default": None},
+        ],
+    }
+
+
+def control_schema(name: str) -> dict[str, Any]:
+    """A fixed control schema (Begin, Commit), marked with its kind for the sink."""
+    schema = load_fixed_schema(name)
+    schema["tributary.kind"] = name
+    return schema
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    """One schema ready to encode and decode single-object Avro."""
+
+    schema: dict[str, Any]  # the JSON form, custom attributes included
+    parsed: Any
+    fingerprint: int
+    header: bytes
+
+    @classmethod
+    def of(cls, schema: dict[str, Any]) -> "Codec":
+        fp = schema_fingerprint(schema)
+        return cls(schema=schema, parsed=parse_schema(schema), fingerprint=fp,
+                   header=SINGLE_OBJECT_MAGIC + _FP.pack(fp))
+
+    @property
+    def kind(self) -> str:
+        return str(self.schema.get("tributary.kind", ""))
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        buf.write(self.header)
+        schemaless_writer(buf, self.parsed, record)
+        return buf.getvalue()
+
+    def decode_body(self, data: bytes | memoryview) -> Any:
+        """Decode a single-object message whose header has been checked to be ours."""
+        return schemaless_reader(io.BytesIO(data[10:]), self.parsed, None)
+
+
+def read_fingerprint(data: bytes | memoryview, where: str = "") -> int:
+    """The schema fingerprint of a single-object encoded message."""
+    if len(data) < 10 or data[:2] != SINGLE_OBJECT_MAGIC:
+        raise SchemaError(f"{where}: not Avro single-object encoding (first bytes {bytes(data[:2])!r})")
+    return _FP.unpack_from(data, 2)[0]
+
+
+def schema_json(schema: dict[str, Any]) -> str:
+    """The stored text form of a schema (stable: sorted keys, no spaces)."""
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))

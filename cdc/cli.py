@@ -1,0 +1,127 @@
+"""``cdc``: the command line. It only wires config, logging and the daemons together.
+
+Exit codes: 0 done, 1 a check failed or a daemon stopped on an error, 2 bad config or usage.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from typing import Any, Callable
+
+import click
+
+from cdc.config import Config, load_config
+from cdc.errors import ConfigError, TributaryError
+
+log = logging.getLogger("cdc")
+
+CONFIG_OPTION = click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+    help="TOML config file; every key can also come from CDC_<SECTION>_<KEY> variables.")
+LOG_FORMAT_OPTION = click.option(
+    "--log-format", type=click.Choice(["json", "text"]), default=None,
+    help="Log lines as JSON objects (default, for collectors) or text for people.")
+
+
+def _load(config_path: str, log_format: str | None) -> Config:
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        click.echo(f"cdc: config error: {exc}", err=True)
+        sys.exit(2)
+    from cdc.logs import setup_logging
+    setup_logging(log_format or config.log.format, config.log.level)
+    return config
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGTERM / SIGINT set the event: the daemon finishes what it has in hand and exits 0."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def _run_daemon(name: str, body: Callable[[], None]) -> None:
+    try:
+        body()
+    except ConfigError as exc:
+        log.error(str(exc))
+        click.echo(f"cdc: config error: {exc}", err=True)
+        sys.exit(2)
+    except TributaryError as exc:
+        log.error(f"{name} stopped: {exc}", extra={"error_type": type(exc).__name__})
+        sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Tributary: replicate many PostgreSQL / TimescaleDB sites into one cloud database via Kafka.
+
+    \b
+    At each site:   cdc check --config site.toml
+                    cdc source run --config site.toml
+    In the cloud:   cdc sink run --config cloud.toml
+    """
+
+
+@main.command()
+@CONFIG_OPTION
+def check(config_path: str) -> None:
+    """Check that a site (or the cloud) is ready: one line per check, exit 0 only when all hold."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        click.echo(f"cdc: config error: {exc}", err=True)
+        sys.exit(2)
+    from cdc.checks import run_checks
+    results = run_checks(config)
+    for result in results:
+        click.echo(f"{'ok  ' if result.ok else 'FAIL'}  {result.name}: {result.detail}")
+    sys.exit(0 if all(r.ok for r in results) else 1)
+
+
+@main.group()
+def source() -> None:
+    """The site daemon: replication slot -> Avro change events -> Kafka."""
+
+
+@source.command("run")
+@CONFIG_OPTION
+@LOG_FORMAT_OPTION
+def source_run(config_path: str, log_format: str | None) -> None:
+    """Stream the site's changes into its Kafka topic until SIGTERM."""
+    config = _load(config_path, log_format)
+    stop = _stop_on_signals()
+    from cdc.source import Source
+    log.info("source starting", extra={"site": repr(config.site), "kafka": repr(config.kafka)})
+    _run_daemon("source", lambda: Source(config, stop).run())
+
+
+@main.group()
+def sink() -> None:
+    """The cloud daemon: Kafka -> site transactions applied to the cloud database."""
+
+
+@sink.command("run")
+@CONFIG_OPTION
+@LOG_FORMAT_OPTION
+def sink_run(config_path: str, log_format: str | None) -> None:
+    """Apply every site topic to the cloud database until SIGTERM."""
+    config = _load(config_path, log_format)
+    stop = _stop_on_signals()
+    from sinks.sink import Sink
+    log.info("sink starting", extra={"sink": repr(config.sink), "kafka": repr(config.kafka)})
+    _run_daemon("sink", lambda: Sink(config, stop).run())
+
+
+if __name__ == "__main__":
+    main()

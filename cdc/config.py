@@ -1,0 +1,228 @@
+"""The one typed config object, loaded from a TOML file and the environment, validated at start.
+
+Every key can come from an environment variable named ``CDC_`` + the key path in upper case with
+dots as underscores (``site.dsn`` -> ``CDC_SITE_DSN``); the environment wins over the file, so
+Kubernetes Secrets can carry DSNs. Free librdkafka settings: ``[kafka.config]`` in the file, or
+``CDC_KAFKA_CONFIG_<NAME>`` where ``<NAME>`` is the librdkafka key in upper case with dots as
+underscores (``CDC_KAFKA_CONFIG_SASL_PASSWORD`` -> ``sasl.password``). Lists from the
+environment are comma-separated.
+
+Secrets (passwords in DSNs, ``*password*``/``*secret*`` librdkafka keys) are redacted in reprs
+and logs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cdc.errors import ConfigError
+
+SITE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}\Z")
+_SECRET_KEY_RE = re.compile(r"password|secret|token|key\.pem|jaas", re.IGNORECASE)
+_DSN_PASSWORD_RE = re.compile(r"(password\s*=\s*)(\S+)|(://[^:/@\s]+:)([^@\s]+)(@)", re.IGNORECASE)
+
+
+def redact_dsn(dsn: str) -> str:
+    """A DSN with its password replaced by ``***`` (key=value and URI forms)."""
+    def repl(m: re.Match[str]) -> str:
+        if m.group(1):
+            return m.group(1) + "***"
+        return f"{m.group(3)}***{m.group(5)}"
+    return _DSN_PASSWORD_RE.sub(repl, dsn)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SiteConfig(_Section):
+    """The site database and what to replicate from it."""
+
+    id: str
+    dsn: str = Field(repr=False)
+    tables: list[str] = ["public.*"]
+    exclude: list[str] = []
+    slot: str | None = None
+    publication: str = "tributary"
+    status_interval_s: float = Field(10.0, gt=0, le=60)
+
+    @field_validator("id")
+    @classmethod
+    def _site_id(cls, v: str) -> str:
+        if not SITE_ID_RE.match(v):
+            raise ValueError("must be 1-63 characters of letters, digits, '_' or '-', "
+                             "starting with a letter or digit (it names a Kafka topic)")
+        return v
+
+    @property
+    def slot_name(self) -> str:
+        return self.slot or "tributary_" + re.sub(r"[^a-z0-9_]", "_", self.id.lower())
+
+    def __repr__(self) -> str:
+        return (f"SiteConfig(id={self.id!r}, dsn={redact_dsn(self.dsn)!r}, tables={self.tables!r}, "
+                f"exclude={self.exclude!r}, slot={self.slot_name!r}, "
+                f"publication={self.publication!r})")
+
+
+class KafkaConfig(_Section):
+    """The Kafka cluster and topic naming."""
+
+    bootstrap_servers: str
+    topic_prefix: str = "tributary"
+    config: dict[str, str | int | float | bool] = {}
+    topic_config: dict[str, str] = {}
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", v):
+            raise ValueError("must be letters, digits, '.', '_' or '-'")
+        return v
+
+    def site_topic(self, site_id: str) -> str:
+        return f"{self.topic_prefix}.{site_id}"
+
+    @property
+    def schema_topic(self) -> str:
+        return f"{self.topic_prefix}._schemas"
+
+    @property
+    def site_topic_pattern(self) -> str:
+        """Regex subscription for every site topic (not the schema topic)."""
+        return "^" + re.escape(self.topic_prefix) + r"\.[A-Za-z0-9][A-Za-z0-9_-]*$"
+
+    def site_of_topic(self, topic: str) -> str | None:
+        prefix = self.topic_prefix + "."
+        if topic.startswith(prefix) and SITE_ID_RE.match(topic[len(prefix):]):
+            return topic[len(prefix):]
+        return None
+
+    def redacted(self) -> dict[str, Any]:
+        return {k: ("***" if _SECRET_KEY_RE.search(k) else v) for k, v in self.config.items()}
+
+    def __repr__(self) -> str:
+        return (f"KafkaConfig(bootstrap_servers={self.bootstrap_servers!r}, "
+                f"topic_prefix={self.topic_prefix!r}, config={self.redacted()!r})")
+
+
+class SinkConfig(_Section):
+    """The cloud database and how events are applied to it."""
+
+    dsn: str = Field(repr=False)
+    group_id: str = "tributary-sink"
+    site_column: str = "site_id"
+    tables: dict[str, str] = {}
+    batch_max_changes: int = Field(20000, gt=0)
+    batch_max_ms: int = Field(200, gt=0)
+    create_tables: bool = True
+
+    @field_validator("tables")
+    @classmethod
+    def _mapping(cls, v: dict[str, str]) -> dict[str, str]:
+        for src, dst in v.items():
+            for name in (src, dst):
+                if name.count(".") != 1:
+                    raise ValueError(f"{name!r} must be schema.table")
+        return v
+
+    def __repr__(self) -> str:
+        return (f"SinkConfig(dsn={redact_dsn(self.dsn)!r}, group_id={self.group_id!r}, "
+                f"site_column={self.site_column!r}, tables={self.tables!r})")
+
+
+class LogConfig(_Section):
+    format: Literal["json", "text"] = "json"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Section):
+    """A whole config file: a site config has [site], a cloud config has [sink]."""
+
+    site: SiteConfig | None = None
+    kafka: KafkaConfig
+    sink: SinkConfig | None = None
+    log: LogConfig = LogConfig()
+    path: str = ""  # where it was read from, for messages
+
+    def need_site(self) -> SiteConfig:
+        if self.site is None:
+            raise ConfigError(f"{self.path}: [site] section is required for this command "
+                              "(site.id, site.dsn)")
+        return self.site
+
+    def need_sink(self) -> SinkConfig:
+        if self.sink is None:
+            raise ConfigError(f"{self.path}: [sink] section is required for this command "
+                              "(sink.dsn)")
+        return self.sink
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "site": SiteConfig, "kafka": KafkaConfig, "sink": SinkConfig, "log": LogConfig}
+_LIST_FIELDS = {("site", "tables"), ("site", "exclude")}
+_DICT_FIELDS = {("kafka", "config"), ("kafka", "topic_config"), ("sink", "tables")}
+
+
+def _apply_environ(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay CDC_* environment variables on the file's data."""
+    for section, model in _SECTIONS.items():
+        for field in model.model_fields:
+            if (section, field) in _DICT_FIELDS:
+                prefix = f"CDC_{section.upper()}_{field.upper()}_"
+                for name, value in environ.items():
+                    if name.startswith(prefix) and len(name) > len(prefix):
+                        key = name[len(prefix):].lower().replace("_", ".")
+                        data.setdefault(section, {}).setdefault(field, {})[key] = value
+                continue
+            name = f"CDC_{section.upper()}_{field.upper()}"
+            if name in environ:
+                value: Any = environ[name]
+                if (section, field) in _LIST_FIELDS:
+                    value = [p.strip() for p in value.split(",") if p.strip()]
+                data.setdefault(section, {})[field] = value
+    return data
+
+
+def _key_of(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, overlay the environment, validate. Errors name the file and the key."""
+    environ = os.environ if environ is None else environ
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from exc
+    data = _apply_environ(data, environ)
+    data["path"] = str(path)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = _key_of(err["loc"])
+        kind = err["type"]
+        if kind == "missing":
+            msg = "required key is missing"
+        elif kind == "extra_forbidden":
+            msg = "unknown key"
+        else:
+            msg = err["msg"]
+            if "input" in err and not isinstance(err["input"], dict) and "dsn" not in key:
+                msg += f" (got {err['input']!r})"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        env = "CDC_" + key.upper().replace(".", "_")
+        raise ConfigError(f"{path}: {key}: {msg}{more} [file key {key} or env {env}]") from None

@@ -1,0 +1,97 @@
+"""The relation cache: what each table looks like at this point of the stream.
+
+It is fed only by pgoutput Relation messages, which are the truth at that point of the stream
+(the catalog describes the present, which may already differ). Facts from elsewhere, such as the
+SQL name of a non-built-in type, come in through a lookup passed by the caller.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cdc.errors import SchemaError
+from cdc.pgoutput import Relation
+from cdc.values import TypeLookup, column_type
+
+_AVRO_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def avro_field_name(name: str, index: int) -> str:
+    """An Avro-legal field name for a column; the PostgreSQL name travels beside it."""
+    if _AVRO_NAME.match(name):
+        return name
+    cleaned = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    if not cleaned or cleaned[0].isdigit():
+        cleaned = "_" + cleaned
+    return f"{cleaned}__{index}"
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnInfo:
+    """One column as the stream described it."""
+
+    name: str
+    field: str  # Avro field name
+    sql_type: str  # exact PostgreSQL type, e.g. "numeric(10,2)"
+    kind: str  # Avro kind, see cdc.values
+    is_key: bool
+    type_oid: int
+    type_modifier: int
+
+
+@dataclass(frozen=True, slots=True)
+class TableInfo:
+    """A table version: its identity, columns and key, from one Relation message."""
+
+    oid: int
+    schema: str
+    table: str
+    replica_identity: str
+    columns: tuple[ColumnInfo, ...]
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    @property
+    def key_columns(self) -> tuple[ColumnInfo, ...]:
+        return tuple(c for c in self.columns if c.is_key)
+
+
+def table_info(rel: Relation, lookup: TypeLookup | None) -> TableInfo:
+    """Describe a Relation message's table, naming each column's exact type."""
+    columns = []
+    for index, col in enumerate(rel.columns):
+        where = f"{rel.namespace}.{rel.name}.{col.name}"
+        ctype = column_type(col.type_oid, col.type_modifier, lookup, where)
+        columns.append(ColumnInfo(
+            name=col.name, field=avro_field_name(col.name, index), sql_type=ctype.sql,
+            kind=ctype.kind, is_key=col.is_key, type_oid=col.type_oid,
+            type_modifier=col.type_modifier))
+    fields = [c.field for c in columns]
+    if len(set(fields)) != len(fields):
+        raise SchemaError(f"{rel.namespace}.{rel.name}: column names collide as Avro names: {fields}")
+    return TableInfo(oid=rel.oid, schema=rel.namespace, table=rel.name,
+                     replica_identity=rel.replica_identity, columns=tuple(columns))
+
+
+class RelationCache:
+    """Relation OID -> the latest TableInfo the stream sent for it."""
+
+    def __init__(self, lookup: TypeLookup | None = None) -> None:
+        self._lookup = lookup
+        self._tables: dict[int, TableInfo] = {}
+
+    def update(self, rel: Relation) -> TableInfo:
+        info = table_info(rel, self._lookup)
+        self._tables[rel.oid] = info
+        return info
+
+    def get(self, oid: int) -> TableInfo:
+        try:
+            return self._tables[oid]
+        except KeyError:
+            raise SchemaError(
+                f"relation OID {oid} used before the stream described it (no Relation message)"
+            ) from None

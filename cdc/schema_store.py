@@ -1,0 +1,113 @@
+"""Where Avro schemas live in the self-contained mode: a compacted Kafka topic.
+
+Key: the schema's fingerprint (16 hex digits); value: the schema JSON with its custom
+attributes. The source publishes a schema, and waits until Kafka holds it, before the first
+record that uses it; the sink reads the topic to resolve a fingerprint it has not seen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from cdc.avro import Codec, schema_json
+from cdc.config import KafkaConfig
+from cdc.errors import DeliveryError, SchemaError
+from cdc.topics import client_config, ensure_topic
+
+log = logging.getLogger(__name__)
+
+SCHEMA_TOPIC_CONFIG = {"cleanup.policy": "compact"}
+
+
+class SchemaPublisher:
+    """Source side: publish each new schema synchronously."""
+
+    def __init__(self, kafka: KafkaConfig) -> None:
+        self._topic = kafka.schema_topic
+        ensure_topic(kafka, self._topic, SCHEMA_TOPIC_CONFIG)
+        self._producer = Producer(client_config(kafka, **{"enable.idempotence": True, "acks": "all"}))
+
+    def publish(self, codec: Codec, timeout: float = 60.0) -> None:
+        errors: list[str] = []
+
+        def report(err, _msg):  # type: ignore[no-untyped-def]
+            if err is not None:
+                errors.append(str(err))
+
+        self._producer.produce(self._topic, key=f"{codec.fingerprint:016x}",
+                               value=schema_json(codec.schema), on_delivery=report)
+        left = self._producer.flush(timeout)
+        if left or errors:
+            raise DeliveryError(f"schema {codec.fingerprint:016x} not acknowledged by topic "
+                                f"{self._topic}: {errors or 'timed out'}")
+
+    def close(self) -> None:
+        self._producer.flush(10)
+
+
+class SchemaRegistry:
+    """Sink side: fingerprint -> Codec, read from the schema topic on demand."""
+
+    def __init__(self, kafka: KafkaConfig) -> None:
+        self._kafka = kafka
+        self._codecs: dict[int, Codec] = {}
+
+    def get(self, fp: int, where: str = "") -> Codec:
+        codec = self._codecs.get(fp)
+        if codec is None:
+            self.refresh()
+            codec = self._codecs.get(fp)
+            if codec is None:
+                raise SchemaError(f"{where}: schema {fp:016x} is not in topic {self._kafka.schema_topic}")
+        return codec
+
+    def add(self, codec: Codec) -> None:
+        self._codecs[codec.fingerprint] = codec
+
+    def refresh(self, timeout: float = 30.0) -> None:
+        """Read the schema topic from the beginning to its current end."""
+        topic = self._kafka.schema_topic
+        consumer = Consumer(client_config(self._kafka, **{
+            "group.id": f"tributary-schemas-{uuid.uuid4().hex}", "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "enable.partition.eof": True}))
+        try:
+            try:
+                meta = consumer.list_topics(topic, timeout=timeout)
+            except KafkaException as exc:
+                raise SchemaError(f"cannot read schema topic {topic}: {exc}") from exc
+            tmeta = meta.topics.get(topic)
+            if tmeta is None or tmeta.error is not None:
+                return
+            parts = [TopicPartition(topic, p, 0) for p in tmeta.partitions]
+            ends = {}
+            for tp in parts:
+                low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+                if high > low:
+                    ends[tp.partition] = high
+            if not ends:
+                return
+            consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+            deadline = time.monotonic() + timeout
+            while ends and time.monotonic() < deadline:
+                msg = consumer.poll(1.0)
+                if msg is None:
+                    continue
+                if msg.error():
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        ends.pop(msg.partition(), None)
+                        continue
+                    raise SchemaError(f"reading schema topic {topic}: {msg.error()}")
+                if msg.value() is not None:
+                    codec = Codec.of(json.loads(msg.value()))
+                    self._codecs[codec.fingerprint] = codec
+                if msg.offset() + 1 >= ends.get(msg.partition(), 0):
+                    ends.pop(msg.partition(), None)
+            if ends:
+                raise SchemaError(f"timed out reading schema topic {topic}")
+        finally:
+            consumer.close()

@@ -1,0 +1,151 @@
+"""Slot and publication management at a site, and the catalog facts the source reads beside the stream.
+
+The source creates its publication and slot when missing and never drops them: dropping a slot
+loses the changes it holds. Table selection is by ``schema.table`` glob patterns
+(``site.tables`` minus ``site.exclude``), resolved against the catalog.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from cdc.errors import ReplicationError
+from cdc.lsn import parse_lsn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteTable:
+    """A table at the site and what logical replication needs to know about it."""
+
+    schema: str
+    name: str
+    replica_identity: str  # d, n, f, i
+    has_primary_key: bool
+    has_identity_index: bool
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def identity_problem(self) -> str | None:
+        """Why updates and deletes of this table cannot be replicated, or None."""
+        ri = self.replica_identity
+        if ri == "f" or (ri == "i" and self.has_identity_index) or (ri == "d" and self.has_primary_key):
+            return None
+        if ri == "n":
+            return (f"{self.qualified}: REPLICA IDENTITY NOTHING: updates and deletes cannot be "
+                    f"replicated; run ALTER TABLE {self.qualified} REPLICA IDENTITY DEFAULT "
+                    "(with a primary key) or FULL")
+        return (f"{self.qualified}: no primary key or replica identity index: add a primary key, or "
+                f"run ALTER TABLE {self.qualified} REPLICA IDENTITY FULL")
+
+
+def matches(qualified: str, include: list[str], exclude: list[str]) -> bool:
+    """Whether ``schema.table`` is selected by the include and exclude glob patterns."""
+    return (any(fnmatch.fnmatchcase(qualified, p) for p in include)
+            and not any(fnmatch.fnmatchcase(qualified, p) for p in exclude))
+
+
+_TABLES_SQL = """
+SELECT n.nspname, c.relname, c.relreplident,
+       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+  AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE '_timescaledb%'
+ORDER BY 1, 2
+"""
+
+
+def list_tables(conn: psycopg.Connection, include: list[str], exclude: list[str]) -> list[SiteTable]:
+    """The site tables the patterns select."""
+    rows = conn.execute(_TABLES_SQL).fetchall()
+    return [SiteTable(r[0], r[1], r[2], r[3], r[4]) for r in rows
+            if matches(f"{r[0]}.{r[1]}", include, exclude)]
+
+
+def ensure_publication(conn: psycopg.Connection, name: str, tables: list[SiteTable]) -> None:
+    """Create the publication for ``tables`` or add the ones it lacks; never removes any."""
+    if not tables:
+        raise ReplicationError(f"publication {name}: site.tables selects no table")
+    idents = [sql.Identifier(t.schema, t.name) for t in tables]
+    exists = conn.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s",
+                          (name,)).fetchone()
+    if exists is None:
+        conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+            sql.Identifier(name), sql.SQL(", ").join(idents)))
+        log.info("created publication", extra={"publication": name, "tables": len(tables)})
+        return
+    if exists[0]:
+        return  # FOR ALL TABLES: nothing to add
+    have = {(r[0], r[1]) for r in conn.execute(
+        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (name,))}
+    missing = [sql.Identifier(t.schema, t.name) for t in tables if (t.schema, t.name) not in have]
+    if missing:
+        conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+            sql.Identifier(name), sql.SQL(", ").join(missing)))
+        log.info("added tables to publication", extra={"publication": name, "added": len(missing)})
+
+
+@dataclass(frozen=True, slots=True)
+class SlotState:
+    name: str
+    confirmed_flush_lsn: int
+    restart_lsn: int
+    wal_status: str | None
+
+
+def slot_state(conn: psycopg.Connection, slot: str) -> SlotState | None:
+    row = conn.execute(
+        "SELECT plugin, slot_type, confirmed_flush_lsn::text, restart_lsn::text, wal_status, database"
+        " FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+    if row is None:
+        return None
+    plugin, kind, confirmed, restart, wal_status, database = row
+    if kind != "logical" or plugin != "pgoutput":
+        raise ReplicationError(f"slot {slot} exists but is {kind} with plugin {plugin}, not logical pgoutput")
+    if wal_status == "lost":
+        raise ReplicationError(
+            f"slot {slot} was invalidated (wal_status lost: the WAL it needed was removed, see "
+            "max_slot_wal_keep_size); changes were lost at the site. Drop the slot "
+            f"(SELECT pg_drop_replication_slot('{slot}')) and start the site again from a snapshot")
+    return SlotState(slot, parse_lsn(confirmed) if confirmed else 0,
+                     parse_lsn(restart) if restart else 0, wal_status)
+
+
+def ensure_slot(repl_conn: psycopg.Connection, conn: psycopg.Connection, slot: str) -> SlotState:
+    """The slot's state, creating it (logical, pgoutput) when missing."""
+    state = slot_state(conn, slot)
+    if state is not None:
+        return state
+    row = repl_conn.execute(sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT")
+                            .format(sql.Identifier(slot))).fetchone()
+    assert row is not None
+    lsn = parse_lsn(row[1])
+    log.info("created replication slot", extra={"slot": slot, "lsn": row[1]})
+    return SlotState(slot, lsn, lsn, "reserved")
+
+
+def type_lookup(conn: psycopg.Connection):  # -> cdc.values.TypeLookup
+    """A cached ``format_type`` lookup for types the built-in table does not know."""
+    cache: dict[tuple[int, int], str] = {}
+
+    def lookup(oid: int, typmod: int) -> str:
+        key = (oid, typmod)
+        if key not in cache:
+            row = conn.execute("SELECT format_type(%s::oid, %s)", (oid, typmod)).fetchone()
+            if row is None or row[0] is None or row[0] == "???":
+                raise LookupError(f"type OID {oid} is unknown at the site")
+            cache[key] = row[0]
+        return cache[key]
+
+    return lookup

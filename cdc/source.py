@@ -1,0 +1,168 @@
+"""The site daemon: replication slot -> change events -> Kafka, confirming only what Kafka holds.
+
+One session: connect, make sure the publication, slot and topic exist, stream from the slot's
+confirmed LSN, produce every record, and report to the slot (standby status ``flush``) the end
+LSN of the last transaction whose records are all acknowledged. Any lost connection or delivery
+error ends the session; :func:`run_source` starts a new one with backoff, which streams again
+from the slot's confirmed point (the sink skips what it has already applied).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import psycopg
+from confluent_kafka import KafkaException
+from tenacity import (
+    Retrying, before_sleep_log, retry_if_exception_type, stop_never, wait_exponential,
+)
+
+from cdc.config import Config
+from cdc.errors import ConnectionLost, DeliveryError, SchemaError
+from cdc.event_builder import EventBuilder, SiteIdentity
+from cdc.lsn import format_lsn
+from cdc.pgoutput import Commit, decode_frame, decode_message
+from cdc.producer import EventProducer
+from cdc.progress import SourceProgress
+from cdc.schema_store import SchemaPublisher
+from cdc.slots import ensure_publication, ensure_slot, list_tables, type_lookup
+from cdc.stream import ReplicationStream, identify_system, open_replication
+from cdc.topics import ensure_topic
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = (ConnectionLost, DeliveryError, psycopg.OperationalError, KafkaException)
+XLOGDATA, KEEPALIVE = ord("w"), ord("k")
+XLOG_HEADER = 25  # 'w' + wal_start + wal_end + send_time
+
+
+@dataclass
+class SourceStats:
+    """What the session has done; read by progress lines and metrics."""
+
+    messages: int = 0
+    transactions: int = 0
+    records: int = 0
+    confirmed_lsn: int = 0
+    sessions: int = 0
+
+
+class Source:
+    """Streams one site into Kafka until ``stop`` is set."""
+
+    def __init__(self, config: Config, stop: threading.Event | None = None) -> None:
+        self.config = config
+        self.site = config.need_site()
+        self.stop = stop or threading.Event()
+        self.stats = SourceStats()
+
+    def run(self) -> None:
+        """Sessions with exponential backoff on transient failures, until stopped."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(TRANSIENT), wait=wait_exponential(multiplier=0.5, max=30),
+            stop=stop_never, before_sleep=before_sleep_log(log, logging.WARNING), reraise=True,
+            sleep=lambda s: self.stop.wait(s))
+        for attempt in retrying:
+            with attempt:
+                if not self.stop.is_set():
+                    self.session()
+
+    def _prepare(self, conn: psycopg.Connection) -> None:
+        site = self.site
+        tables = list_tables(conn, site.tables, site.exclude)
+        problems = [t.identity_problem for t in tables if t.identity_problem]
+        if problems:
+            raise SchemaError("cannot replicate updates and deletes of: " + "; ".join(problems))
+        ensure_publication(conn, site.publication, tables)
+
+    def session(self) -> None:
+        site, kafka = self.site, self.config.kafka
+        self.stats.sessions += 1
+        try:
+            conn = psycopg.connect(site.dsn, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise ConnectionLost(f"site {site.id}: cannot connect to the site database: {exc}") from exc
+        repl = None
+        producer = None
+        try:
+            self._prepare(conn)
+            repl = open_replication(site.dsn)
+            system = identify_system(repl)
+            slot = ensure_slot(repl, conn, site.slot_name)
+            topic = kafka.site_topic(site.id)
+            ensure_topic(kafka, topic, kafka.topic_config)
+            publisher = SchemaPublisher(kafka)
+            identity = SiteIdentity(site.id, system.system_id, system.timeline, slot.name,
+                                    system.database)
+            builder = EventBuilder(identity, type_lookup(conn), on_new_schema=publisher.publish)
+            progress = SourceProgress(slot.confirmed_flush_lsn)
+            producer = EventProducer(kafka, topic, progress)
+            stream = ReplicationStream(repl, slot.name, site.publication, slot.confirmed_flush_lsn)
+            log.info("streaming", extra={"site": site.id, "slot": slot.name, "topic": topic,
+                                         "from_lsn": format_lsn(slot.confirmed_flush_lsn),
+                                         "system_id": system.system_id})
+            self._stream(stream, builder, producer, progress)
+            # stopped: let Kafka acknowledge what is in flight, then confirm it
+            producer.flush(30)
+            stream.send_status(progress.received_lsn, progress.confirmed_lsn)
+            self.stats.confirmed_lsn = progress.confirmed_lsn
+            log.info("stopped", extra={"site": site.id,
+                                       "confirmed_lsn": format_lsn(progress.confirmed_lsn)})
+        except DeliveryError:
+            if producer is not None:
+                producer.abandon()
+            raise
+        finally:
+            conn.close()
+            if repl is not None:
+                repl.close()
+
+    def _stream(self, stream: ReplicationStream, builder: EventBuilder,
+                producer: EventProducer, progress: SourceProgress) -> None:
+        interval = self.site.status_interval_s
+        stats = self.stats
+        read, decode, handle, produce = stream.read, decode_message, builder.handle, producer.produce
+        poll, check = producer.poll, producer.check
+        last_status = 0.0
+        reported = -1
+        n = 0
+        while not self.stop.is_set():
+            data = read(0.2)
+            if data is not None:
+                tag = data[0]
+                if tag == XLOGDATA:
+                    msg = decode(data[XLOG_HEADER:])
+                    for key, value in handle(msg):
+                        produce(key, value)
+                    if type(msg) is Commit:
+                        progress.on_commit(msg.end_lsn)
+                        stats.transactions += 1
+                    n += 1
+                    if n & 1023:
+                        continue
+                elif tag == KEEPALIVE:
+                    keepalive = decode_frame(data)
+                    check()
+                    progress.on_server_position(keepalive.wal_end, builder.in_transaction)
+                    if keepalive.reply_requested:
+                        stream.send_status(progress.received_lsn, progress.confirmed_lsn)
+                        last_status = time.monotonic()
+                        reported = progress.confirmed_lsn
+            poll(0)
+            check()
+            now = time.monotonic()
+            confirmed = progress.confirmed_lsn
+            if now - last_status >= interval or (confirmed != reported and now - last_status >= 1.0):
+                stream.send_status(progress.received_lsn, confirmed)
+                last_status, reported = now, confirmed
+                stats.messages, stats.records, stats.confirmed_lsn = n, progress.produced, confirmed
+        stats.messages, stats.records = n, progress.produced
+
+
+def run_source(config: Config, stop: threading.Event | None = None) -> Source:
+    source = Source(config, stop)
+    source.run()
+    return source

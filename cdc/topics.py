@@ -1,0 +1,43 @@
+"""Kafka topic creation: a site topic has one partition (a site's changes in commit order)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from cdc.config import KafkaConfig
+from cdc.errors import DeliveryError
+
+log = logging.getLogger(__name__)
+
+
+def client_config(kafka: KafkaConfig, **extra: Any) -> dict[str, Any]:
+    """librdkafka settings: bootstrap servers, the user's ``kafka.config``, then ``extra``."""
+    conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers}
+    conf.update(kafka.config)
+    conf.update(extra)
+    return conf
+
+
+def ensure_topic(kafka: KafkaConfig, name: str, config: dict[str, str] | None = None,
+                 timeout: float = 30.0) -> None:
+    """Create ``name`` with one partition when missing; an existing topic is left as it is."""
+    admin = AdminClient(client_config(kafka))
+    try:
+        meta = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise DeliveryError(f"Kafka at {kafka.bootstrap_servers} does not answer: {exc}") from exc
+    if name in meta.topics and meta.topics[name].error is None:
+        return
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=1, replication_factor=-1, config=config or {})],
+        operation_timeout=timeout)
+    try:
+        futures[name].result(timeout)
+        log.info("created topic", extra={"topic": name})
+    except KafkaException as exc:
+        if "TOPIC_ALREADY_EXISTS" not in str(exc):
+            raise DeliveryError(f"cannot create topic {name}: {exc}") from exc

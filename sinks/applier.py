@@ -1,0 +1,109 @@
+"""Applies planned steps to the cloud database inside the caller's transaction.
+
+Set-based: the rows of an upsert or delete step go by COPY into a session temp table with the
+target's column types, then one INSERT ... ON CONFLICT or DELETE ... USING moves them. No
+per-row round trips except for the rare partial update (an update that left a TOAST value
+unchanged and whose full row is not in the same step).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from cdc.errors import ApplyError
+from sinks import sql as q
+from sinks.batcher import Delete, Patch, Step, Truncate, Upsert
+from sinks.changes import ColumnDef
+from sinks.tables import CloudTables, Target
+
+
+class Applier:
+    """Runs steps on one connection; the caller owns the transaction."""
+
+    def __init__(self, conn: psycopg.Connection, tables: CloudTables,
+                 append_only: frozenset[str] = frozenset()) -> None:
+        self.conn = conn
+        self.tables = tables
+        self.site_column = tables.site_column
+        self.append_only = append_only
+        self._stages: dict[tuple[str, str, tuple[str, ...]], str] = {}
+        self._dirty: set[str] = set()  # stages holding rows in this transaction
+        self.rows = {"upsert": 0, "delete": 0, "truncate": 0, "patch": 0}
+
+    def transaction_ended(self) -> None:
+        """ON COMMIT DELETE ROWS emptied every stage (a rollback empties them too)."""
+        self._dirty.clear()
+
+    def forget(self) -> None:
+        """After a rollback, temp tables created in it are gone."""
+        self._stages.clear()
+        self._dirty.clear()
+        self.tables.forget()
+
+    def apply(self, site_id: str, steps: list[Step]) -> None:
+        for step in steps:
+            target = self.tables.target(self.conn, step.version)
+            try:
+                kind = type(step)
+                if kind is Upsert:
+                    self._upsert(site_id, target, step)  # type: ignore[arg-type]
+                elif kind is Delete:
+                    self._delete(site_id, target, step)  # type: ignore[arg-type]
+                elif kind is Patch:
+                    self._patch(site_id, target, step)  # type: ignore[arg-type]
+                elif kind is Truncate:
+                    self.conn.execute(q.delete_site_rows(target.ident, self.site_column), (site_id,))
+                    self.rows["truncate"] += 1
+            except psycopg.errors.DataError as exc:
+                raise ApplyError(f"site {site_id}: cloud table {target.qualified} refused "
+                                 f"a value: {exc}".strip()) from exc
+            except psycopg.errors.IntegrityError as exc:
+                raise ApplyError(f"site {site_id}: cloud table {target.qualified}: "
+                                 f"{exc}".strip()) from exc
+
+    def _stage(self, target: Target, columns: list[ColumnDef], role: str) -> str:
+        key = (target.qualified, role, tuple(c.name for c in columns))
+        name = self._stages.get(key)
+        if name is None:
+            name = f"_tributary_stage_{len(self._stages)}"
+            self.conn.execute(q.create_stage(name, target.ident, self.site_column, columns))
+            self._stages[key] = name
+        elif name in self._dirty:
+            self.conn.execute(q.truncate_stage(name))
+        self._dirty.add(name)
+        return name
+
+    def _copy(self, stage: str, columns: list[ColumnDef], site_id: str,
+              rows: Any) -> None:
+        fields = [c.field for c in columns]
+        with self.conn.cursor() as cur:
+            with cur.copy(q.copy_stage(stage, self.site_column, columns)) as copy:
+                write = copy.write_row
+                for row in rows:
+                    write([site_id] + [row[f] for f in fields])
+
+    def _upsert(self, site_id: str, target: Target, step: Upsert) -> None:
+        columns = list(target.columns)
+        stage = self._stage(target, columns, "rows")
+        self._copy(stage, columns, site_id, step.rows.values())
+        self.conn.execute(q.upsert_from_stage(
+            target.ident, stage, self.site_column, columns, target.key_columns,
+            append_only=target.qualified in self.append_only))
+        self.rows["upsert"] += len(step.rows)
+
+    def _delete(self, site_id: str, target: Target, step: Delete) -> None:
+        key = target.key_columns
+        stage = self._stage(target, key, "keys")
+        self._copy(stage, key, site_id, step.keys.values())
+        self.conn.execute(q.delete_using_stage(target.ident, stage, self.site_column, key))
+        self.rows["delete"] += len(step.keys)
+
+    def _patch(self, site_id: str, target: Target, step: Patch) -> None:
+        by_field = {c.field: c for c in target.columns}
+        set_cols = [by_field[f] for f in step.fields]
+        key = target.key_columns
+        params = [step.row[c.field] for c in set_cols] + [site_id] + [step.old_key[c.field] for c in key]
+        self.conn.execute(q.update_row(target.ident, self.site_column, set_cols, key), params)
+        self.rows["patch"] += 1

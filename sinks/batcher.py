@@ -1,0 +1,227 @@
+"""Pure sink logic: a site's record stream as whole transactions, and changes as apply steps.
+
+:class:`SiteStream` follows one site topic partition: Begin, changes, Commit. It skips
+transactions the cloud has already applied (guarantee 3), notices a transaction cut short by a
+source restart (the source streams it again from its Begin), and checks each Commit's change
+count so a missing record stops the site instead of vanishing.
+
+:func:`plan` turns an ordered list of changes into steps for the applier: consecutive changes
+of one table and one kind become one set-based statement. Within an upsert or delete step the
+last change of a key wins, which is what applying them one by one would leave; steps keep
+their order, so foreign keys and other constraints see what the site saw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cdc.errors import ApplyError
+from sinks.changes import Change, TableVersion
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Which stream of LSNs a site's positions belong to."""
+
+    system_id: str
+    timeline: int
+    slot: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedTx:
+    """The last site transaction applied to the cloud (stored with the rows)."""
+
+    identity: Identity
+    xid: int
+    commit_lsn: int
+    end_lsn: int
+    commit_ts: int  # unix microseconds
+
+
+@dataclass(slots=True)
+class _OpenTx:
+    identity: Identity
+    xid: int
+    commit_lsn: int
+    commit_ts: int
+    skip: bool
+    changes: list[Change] = field(default_factory=list)
+    count: int = 0  # changes seen, including ones already handed out (big transactions)
+
+
+class SiteStream:
+    """The state of one site's partition between cloud commits."""
+
+    def __init__(self, site_id: str, applied: AppliedTx | None) -> None:
+        self.site_id = site_id
+        self.applied = applied  # what the cloud holds (committed)
+        self.open: _OpenTx | None = None
+        self.done: list[Change] = []  # changes of complete transactions, not yet applied
+        self.done_tx: AppliedTx | None = None  # last complete transaction, not yet applied
+        self.next_offset: int | None = None  # offset to resume from after the last boundary
+        self.skipped = 0  # transactions skipped as already applied
+
+    @property
+    def last_tx(self) -> AppliedTx | None:
+        return self.done_tx or self.applied
+
+    def begin(self, rec: dict[str, Any], offset: int) -> bool:
+        """A Begin record. Returns True when it cut short an open transaction."""
+        cut = self.open is not None
+        identity = Identity(rec["system_id"], rec["timeline"], rec["slot"])
+        last = self.last_tx
+        skip = (last is not None and last.identity == identity
+                and rec["commit_lsn"] <= last.commit_lsn)
+        self.open = _OpenTx(identity, rec["xid"], rec["commit_lsn"], rec["commit_ts"], skip)
+        if skip:
+            self.skipped += 1
+        return cut
+
+    def change(self, change: Change, offset: int) -> bool:
+        """A change record; False when it belongs to a skipped transaction."""
+        tx = self.open
+        if tx is None:
+            raise ApplyError(f"site {self.site_id}: change of {change.version.qualified} at "
+                             f"offset {offset} outside a transaction (no Begin before it)")
+        tx.count += 1
+        if tx.skip:
+            return False
+        tx.changes.append(change)
+        return True
+
+    def commit(self, rec: dict[str, Any], offset: int) -> None:
+        tx = self.open
+        if tx is None or tx.commit_lsn != rec["commit_lsn"]:
+            raise ApplyError(f"site {self.site_id}: Commit of xid {rec['xid']} at offset {offset} "
+                             "without its Begin")
+        if tx.count != rec["changes"]:
+            raise ApplyError(
+                f"site {self.site_id}: transaction xid {rec['xid']} commit LSN "
+                f"{rec['commit_lsn']:X} has {tx.count} change records on the topic, its Commit "
+                f"says {rec['changes']}: records are missing")
+        self.open = None
+        self.next_offset = offset + 1
+        if not tx.skip:
+            self.done.extend(tx.changes)
+            self.done_tx = AppliedTx(tx.identity, tx.xid, tx.commit_lsn, rec["end_lsn"],
+                                     tx.commit_ts)
+
+    def other(self, offset: int) -> None:
+        """A record that changes nothing (tombstone): a boundary when no transaction is open."""
+        if self.open is None:
+            self.next_offset = offset + 1
+
+    def take_open(self) -> list[Change]:
+        """Hand out the open transaction's changes so far (a big transaction, applied in parts)."""
+        assert self.open is not None
+        changes, self.open.changes = self.open.changes, []
+        return changes
+
+    def take_done(self) -> tuple[list[Change], AppliedTx | None]:
+        changes, tx = self.done, self.done_tx
+        self.done = []
+        return changes, tx
+
+    def committed(self) -> None:
+        """The cloud committed what take_done handed out."""
+        if self.done_tx is not None:
+            self.applied = self.done_tx
+            self.done_tx = None
+
+    @property
+    def pending(self) -> int:
+        return len(self.done) + (len(self.open.changes) if self.open else 0)
+
+
+# -- planning -----------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Upsert:
+    version: TableVersion
+    rows: dict[tuple, dict[str, Any]]
+
+
+@dataclass(slots=True)
+class Delete:
+    version: TableVersion
+    keys: dict[tuple, dict[str, Any]]
+
+
+@dataclass(slots=True)
+class Patch:
+    """Update only the sent columns of one row found by ``old_key`` (unchanged TOAST kept)."""
+
+    version: TableVersion
+    old_key: dict[str, Any]
+    row: dict[str, Any]
+    fields: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class Truncate:
+    version: TableVersion
+
+
+Step = Upsert | Delete | Patch | Truncate
+
+
+def _key(version: TableVersion, row: dict[str, Any]) -> tuple:
+    return tuple(row[c.field] for c in version.key_columns)
+
+
+def plan(changes: list[Change]) -> list[Step]:
+    """Ordered apply steps for ordered changes (see the module docstring)."""
+    steps: list[Step] = []
+    last: Step | None = None
+    for ch in changes:
+        version = ch.version
+        op = ch.op
+        if op in ("c", "r", "u"):
+            after = ch.after
+            assert after is not None
+            key = _key(version, after)
+            old_key = _key(version, ch.before) if ch.before is not None else key
+            if ch.unchanged:
+                if (old_key == key and type(last) is Upsert and last.version is version
+                        and key in last.rows):
+                    merged = dict(last.rows[key])
+                    for f, v in after.items():
+                        if f not in ch.unchanged:
+                            merged[f] = v
+                    last.rows[key] = merged
+                    continue
+                sent = tuple(f for f in after if f not in ch.unchanged)
+                assert ch.before is not None or old_key == key
+                last = Patch(version, {c.field: v for c, v in zip(version.key_columns, old_key)},
+                             after, sent)
+                steps.append(last)
+                continue
+            if old_key != key:
+                if not (type(last) is Delete and last.version is version):
+                    last = Delete(version, {})
+                    steps.append(last)
+                last.keys[old_key] = {c.field: v for c, v in zip(version.key_columns, old_key)}
+            if not (type(last) is Upsert and last.version is version):
+                last = Upsert(version, {})
+                steps.append(last)
+            last.rows.pop(key, None)  # keep the order of the last write
+            last.rows[key] = after
+        elif op == "d":
+            before = ch.before
+            assert before is not None
+            key = _key(version, before)
+            if type(last) is Upsert and last.version is version and key in last.rows:
+                # deleted within the same run: the earlier upsert must not resurrect it
+                del last.rows[key]
+            if not (type(last) is Delete and last.version is version):
+                last = Delete(version, {})
+                steps.append(last)
+            last.keys[key] = {c.field: before[c.field] for c in version.key_columns}
+        elif op == "t":
+            last = Truncate(version)
+            steps.append(last)
+        else:
+            raise ApplyError(f"{version.qualified}: unknown op {op!r}")
+    return [s for s in steps if not (type(s) is Upsert and not s.rows)]

@@ -1,0 +1,67 @@
+"""The sink's view of records: table versions read from schemas, and decoded changes.
+
+A table version is everything the writer schema says about a site table: its name, its columns
+with their exact PostgreSQL types and which are key columns. A change is one decoded change
+event, tied to its table version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cdc.avro import Codec
+from cdc.errors import SchemaError
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnDef:
+    field: str  # Avro field name in the row record
+    name: str  # PostgreSQL column name
+    sql_type: str
+    is_key: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TableVersion:
+    """One version of a site table, from an envelope schema."""
+
+    fingerprint: int
+    schema: str
+    table: str
+    columns: tuple[ColumnDef, ...]
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    @property
+    def key_columns(self) -> tuple[ColumnDef, ...]:
+        return tuple(c for c in self.columns if c.is_key)
+
+    @classmethod
+    def from_codec(cls, codec: Codec) -> "TableVersion":
+        schema = codec.schema
+        try:
+            before = schema["fields"][0]
+            row = before["type"][1]
+            columns = tuple(ColumnDef(f["name"], f["pg.name"], f["pg.type"], bool(f["pg.key"]))
+                            for f in row["fields"])
+            version = cls(codec.fingerprint, schema["pg.schema"], schema["pg.table"], columns)
+        except (KeyError, IndexError, TypeError) as exc:
+            raise SchemaError(f"schema {codec.fingerprint:016x} is not a Tributary change envelope: "
+                              f"missing {exc}") from exc
+        if not version.key_columns:
+            raise SchemaError(f"{version.qualified}: the event schema names no key column")
+        return version
+
+
+@dataclass(slots=True)
+class Change:
+    """One row change of a site transaction, as the sink applies it."""
+
+    version: TableVersion
+    op: str  # c u d r t
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    unchanged: list[str]  # Avro fields whose values were not sent (unchanged TOAST)

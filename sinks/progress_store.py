@@ -1,0 +1,93 @@
+"""The sink's progress, kept in the cloud database in the same transaction as the rows.
+
+``tributary.offsets``: per consumer group, topic and partition, the next Kafka offset to read.
+``tributary.sites``: per site, the identity of its LSN stream (system id, timeline, slot) and the
+last site transaction applied. The sink resumes from these and skips transactions already
+applied, so repeats change nothing; restoring the cloud database from a backup rewinds them with
+the rows, and the sink catches up from Kafka by itself.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import psycopg
+from psycopg import sql
+
+from cdc.lsn import format_lsn, parse_lsn
+from sinks.batcher import AppliedTx, Identity
+from sinks.sql import META_SCHEMA
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def us_to_datetime(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+def datetime_to_us(dt: datetime) -> int:
+    return (dt - EPOCH) // timedelta(microseconds=1)
+
+_DDL = [
+    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(META_SCHEMA)),
+    sql.SQL("""CREATE TABLE IF NOT EXISTS {} (
+        group_id text NOT NULL, topic text NOT NULL, kafka_partition integer NOT NULL,
+        next_offset bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (group_id, topic, kafka_partition))""").format(
+        sql.Identifier(META_SCHEMA, "offsets")),
+    sql.SQL("""CREATE TABLE IF NOT EXISTS {} (
+        site_id text PRIMARY KEY, system_id text NOT NULL, timeline integer NOT NULL,
+        slot text NOT NULL, xid bigint NOT NULL, commit_lsn pg_lsn NOT NULL,
+        end_lsn pg_lsn NOT NULL, commit_ts timestamptz NOT NULL,
+        applied_at timestamptz NOT NULL DEFAULT clock_timestamp())""").format(
+        sql.Identifier(META_SCHEMA, "sites")),
+]
+
+
+def ensure_schema(conn: psycopg.Connection) -> None:
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('tributary.ddl'))")
+        for stmt in _DDL:
+            conn.execute(stmt)
+
+
+def load_offsets(conn: psycopg.Connection, group_id: str) -> dict[tuple[str, int], int]:
+    rows = conn.execute(
+        sql.SQL("SELECT topic, kafka_partition, next_offset FROM {} WHERE group_id = %s").format(
+            sql.Identifier(META_SCHEMA, "offsets")), (group_id,)).fetchall()
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
+def load_sites(conn: psycopg.Connection) -> dict[str, AppliedTx]:
+    rows = conn.execute(sql.SQL(
+        "SELECT site_id, system_id, timeline, slot, xid, commit_lsn::text, end_lsn::text, commit_ts"
+        " FROM {}").format(sql.Identifier(META_SCHEMA, "sites"))).fetchall()
+    out = {}
+    for site, system_id, tli, slot, xid, commit_lsn, end_lsn, commit_ts in rows:
+        us = datetime_to_us(commit_ts)
+        out[site] = AppliedTx(Identity(system_id, tli, slot), xid, parse_lsn(commit_lsn),
+                              parse_lsn(end_lsn), us)
+    return out
+
+
+def save_offset(conn: psycopg.Connection, group_id: str, topic: str, partition: int,
+                next_offset: int) -> None:
+    conn.execute(sql.SQL(
+        "INSERT INTO {} (group_id, topic, kafka_partition, next_offset) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (group_id, topic, kafka_partition)"
+        " DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()").format(
+        sql.Identifier(META_SCHEMA, "offsets")), (group_id, topic, partition, next_offset))
+
+
+def save_site(conn: psycopg.Connection, site_id: str, tx: AppliedTx) -> None:
+    ts = us_to_datetime(tx.commit_ts)
+    conn.execute(sql.SQL(
+        "INSERT INTO {} AS s (site_id, system_id, timeline, slot, xid, commit_lsn, end_lsn, commit_ts)"
+        " VALUES (%s, %s, %s, %s, %s, %s::pg_lsn, %s::pg_lsn, %s)"
+        " ON CONFLICT (site_id) DO UPDATE SET system_id = EXCLUDED.system_id,"
+        " timeline = EXCLUDED.timeline, slot = EXCLUDED.slot, xid = EXCLUDED.xid,"
+        " commit_lsn = EXCLUDED.commit_lsn, end_lsn = EXCLUDED.end_lsn,"
+        " commit_ts = EXCLUDED.commit_ts, applied_at = clock_timestamp()").format(
+        sql.Identifier(META_SCHEMA, "sites")),
+        (site_id, tx.identity.system_id, tx.identity.timeline, tx.identity.slot, tx.xid,
+         format_lsn(tx.commit_lsn), format_lsn(tx.end_lsn), ts))

@@ -1,0 +1,295 @@
+"""The cloud daemon: site topics -> whole site transactions -> one cloud transaction per batch.
+
+Loop: consume records, follow each site's partition with a :class:`SiteStream`, and every
+``batch_max_ms`` (or ``batch_max_changes``) apply the complete transactions of every site in one
+cloud transaction that also records offsets and per-site progress. A transaction bigger than
+``batch_max_changes`` is applied in parts inside a cloud transaction of its own while the other
+partitions wait (paused), so memory stays bounded whatever the transaction size.
+
+Offsets live in the cloud database, not in Kafka: on every (re)assignment the consumer is moved
+to the stored offsets, so a rebalance or a crash resumes exactly where the cloud is.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from tenacity import Retrying, before_sleep_log, retry_if_exception_type, stop_never, wait_exponential
+
+from cdc.avro import read_fingerprint
+from cdc.config import Config
+from cdc.errors import ApplyError, ConnectionLost
+from cdc.lsn import format_lsn
+from cdc.schema_store import SchemaRegistry
+from cdc.topics import client_config
+from sinks import progress_store
+from sinks.applier import Applier
+from sinks.batcher import SiteStream, plan
+from sinks.changes import Change, TableVersion
+from sinks.tables import CloudTables
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = (ConnectionLost, psycopg.OperationalError, KafkaException)
+
+
+@dataclass
+class SinkStats:
+    transactions: int = 0
+    changes: int = 0
+    batches: int = 0
+    skipped: int = 0
+    last_commit_ts: dict[str, int] = field(default_factory=dict)
+
+
+class Sink:
+    """Consumes every site topic and applies it to the cloud database until ``stop`` is set."""
+
+    def __init__(self, config: Config, stop: threading.Event | None = None) -> None:
+        self.config = config
+        self.cfg = config.need_sink()
+        self.kafka = config.kafka
+        self.stop = stop or threading.Event()
+        self.stats = SinkStats()
+        self.registry = SchemaRegistry(config.kafka)
+        self._versions: dict[int, TableVersion] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def run(self) -> None:
+        retrying = Retrying(
+            retry=retry_if_exception_type(TRANSIENT), wait=wait_exponential(multiplier=0.5, max=30),
+            stop=stop_never, before_sleep=before_sleep_log(log, logging.WARNING), reraise=True,
+            sleep=lambda s: self.stop.wait(s))
+        for attempt in retrying:
+            with attempt:
+                if not self.stop.is_set():
+                    self.session()
+
+    def session(self) -> None:
+        cfg = self.cfg
+        try:
+            conn = psycopg.connect(cfg.dsn, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise ConnectionLost(f"cannot connect to the cloud database: {exc}".strip()) from exc
+        consumer = None
+        try:
+            progress_store.ensure_schema(conn)
+            conn.autocommit = False
+            self.conn = conn
+            self.applier = Applier(conn, CloudTables(cfg.site_column, cfg.tables, cfg.create_tables))
+            self.streams: dict[tuple[str, int], SiteStream] = {}
+            self.big: tuple[str, int] | None = None  # partition whose big transaction is open
+            consumer = Consumer(client_config(self.kafka, **{
+                "group.id": cfg.group_id, "enable.auto.commit": False,
+                "auto.offset.reset": "earliest", "enable.partition.eof": False,
+                "topic.metadata.refresh.interval.ms": 5000,
+                "fetch.max.bytes": 52_428_800, "queued.max.messages.kbytes": 65_536}))
+            self.consumer = consumer
+            consumer.subscribe([self.kafka.site_topic_pattern], on_assign=self._on_assign,
+                               on_revoke=self._on_revoke, on_lost=self._on_revoke)
+            log.info("consuming", extra={"pattern": self.kafka.site_topic_pattern,
+                                         "group": cfg.group_id})
+            self._loop()
+            self._flush(final=True)
+        finally:
+            if consumer is not None:
+                try:
+                    consumer.close()
+                except (KafkaException, RuntimeError):
+                    pass
+            conn.close()
+
+    # -- assignment ----------------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._rollback()
+        self.conn.rollback()
+        offsets = progress_store.load_offsets(self.conn, self.cfg.group_id)
+        sites = progress_store.load_sites(self.conn)
+        self.conn.rollback()
+        for tp in partitions:
+            site = self.kafka.site_of_topic(tp.topic)
+            tp.offset = offsets.get((tp.topic, tp.partition), OFFSET_BEGINNING)
+            if site is not None:
+                self.streams[(tp.topic, tp.partition)] = SiteStream(site, sites.get(site))
+            log.info("assigned", extra={"topic": tp.topic, "partition": tp.partition,
+                                        "offset": tp.offset})
+        consumer.assign(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._rollback()
+        for tp in partitions:
+            self.streams.pop((tp.topic, tp.partition), None)
+        try:
+            consumer.unassign()
+        except KafkaException:
+            pass
+
+    def _rollback(self) -> None:
+        """Forget everything not committed; the stored offsets are where we resume."""
+        try:
+            self.conn.rollback()
+        except psycopg.Error:
+            pass
+        self.applier.forget()
+        for stream in self.streams.values():
+            stream.open = None
+            stream.done, stream.done_tx = [], None
+            stream.next_offset = None
+        self.streams.clear()
+        self.big = None
+
+    # -- records -------------------------------------------------------------------------------
+    def _version(self, codec_fp: int, codec: Any) -> TableVersion:
+        version = self._versions.get(codec_fp)
+        if version is None:
+            version = self._versions[codec_fp] = TableVersion.from_codec(codec)
+        return version
+
+    def _ingest(self, msg: Any) -> None:
+        key = (msg.topic(), msg.partition())
+        stream = self.streams.get(key)
+        if stream is None:
+            return  # not ours (anymore)
+        offset = msg.offset()
+        value = msg.value()
+        if value is None:
+            stream.other(offset)
+            return
+        where = f"{msg.topic()}[{msg.partition()}]@{offset}"
+        fp = read_fingerprint(value, where)
+        codec = self.registry.get(fp, where)
+        kind = codec.kind
+        rec = codec.decode_body(value)
+        if kind == "change":
+            src = rec["source"]
+            if src["site"] != stream.site_id:
+                raise ApplyError(f"{where}: event of site {src['site']!r} on the topic of site "
+                                 f"{stream.site_id!r}; refusing to apply it")
+            change = Change(self._version(fp, codec), rec["op"], rec["before"], rec["after"],
+                            rec["unchanged_toast"])
+            stream.change(change, offset)
+        elif kind == "begin":
+            if rec["site"] != stream.site_id:
+                raise ApplyError(f"{where}: transaction of site {rec['site']!r} on the topic of "
+                                 f"site {stream.site_id!r}; refusing to apply it")
+            if stream.begin(rec, offset) and self.big == key:
+                log.warning("transaction cut short by a source restart; applying it again",
+                            extra={"site": stream.site_id, "offset": offset})
+                self.conn.rollback()
+                self.applier.forget()
+                self._resume_others()
+        elif kind == "commit":
+            stream.commit(rec, offset)
+            if stream.open is None and self.big == key:
+                self._finish_big(key, stream)
+        else:
+            stream.other(offset)
+
+    # -- applying ------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        cfg = self.cfg
+        consumer = self.consumer
+        batch_started = time.monotonic()
+        while not self.stop.is_set():
+            msgs = consumer.consume(num_messages=2000, timeout=0.05)
+            for msg in msgs:
+                err = msg.error()
+                if err is not None:
+                    if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
+                        continue
+                    raise KafkaException(err)
+                self._ingest(msg)
+            if self.big is not None:
+                stream = self.streams.get(self.big)
+                if stream is not None and stream.open is not None and \
+                        len(stream.open.changes) >= cfg.batch_max_changes:
+                    self._apply_part(stream)
+                continue
+            pending = sum(s.pending for s in self.streams.values())
+            now = time.monotonic()
+            if pending >= cfg.batch_max_changes or now - batch_started >= cfg.batch_max_ms / 1000:
+                big = next((k for k, s in self.streams.items()
+                            if s.open is not None and len(s.open.changes) >= cfg.batch_max_changes),
+                           None)
+                self._flush()
+                batch_started = time.monotonic()
+                if big is not None:
+                    self._start_big(big)
+
+    def _flush(self, final: bool = False) -> None:
+        """Apply every complete transaction of every site in one cloud transaction."""
+        work = [(key, s) for key, s in self.streams.items()
+                if s.done_tx is not None or s.next_offset is not None]
+        if not work:
+            return
+        conn, applier = self.conn, self.applier
+        changes_applied = 0
+        try:
+            for (topic, partition), stream in work:
+                changes, tx = stream.take_done()
+                if changes:
+                    applier.apply(stream.site_id, plan(changes))
+                    changes_applied += len(changes)
+                if tx is not None:
+                    progress_store.save_site(conn, stream.site_id, tx)
+                if stream.next_offset is not None:
+                    progress_store.save_offset(conn, self.cfg.group_id, topic, partition,
+                                               stream.next_offset)
+            conn.commit()
+        except ApplyError:
+            conn.rollback()
+            applier.forget()
+            raise
+        applier.transaction_ended()
+        for _, stream in work:
+            if stream.done_tx is not None:
+                self.stats.last_commit_ts[stream.site_id] = stream.done_tx.commit_ts
+                self.stats.transactions += 1
+            stream.committed()
+            stream.next_offset = None
+        self.stats.changes += changes_applied
+        self.stats.batches += 1
+
+    def _start_big(self, key: tuple[str, int]) -> None:
+        """A transaction too big to hold: apply it in parts, the other partitions paused."""
+        self.big = key
+        others = [TopicPartition(t, p) for (t, p) in self.streams if (t, p) != key]
+        if others:
+            self.consumer.pause(others)
+        log.info("applying a large transaction in parts",
+                 extra={"site": self.streams[key].site_id})
+        self._apply_part(self.streams[key])
+
+    def _apply_part(self, stream: SiteStream) -> None:
+        changes = stream.take_open()
+        if changes:
+            self.applier.apply(stream.site_id, plan(changes))
+            self.stats.changes += len(changes)
+
+    def _finish_big(self, key: tuple[str, int], stream: SiteStream) -> None:
+        self.big = None
+        self._flush()
+        self._resume_others()
+
+    def _resume_others(self) -> None:
+        self.big = None
+        others = [TopicPartition(t, p) for (t, p) in self.streams]
+        if others:
+            self.consumer.resume(others)
+
+
+def run_sink(config: Config, stop: threading.Event | None = None) -> Sink:
+    sink = Sink(config, stop)
+    sink.run()
+    return sink
+
+
+def describe(stream: SiteStream) -> str:
+    tx = stream.applied
+    return f"{stream.site_id}: {format_lsn(tx.commit_lsn) if tx else 'nothing applied'}"

@@ -1,0 +1,118 @@
+"""Pure SQL builders for the cloud side: every identifier through ``psycopg.sql``.
+
+Nothing here runs a statement; :mod:`sinks.applier`, :mod:`sinks.tables` and
+:mod:`sinks.progress_store` execute what these return.
+"""
+
+from __future__ import annotations
+
+import re
+
+from psycopg import sql
+
+from cdc.errors import SchemaError
+from sinks.changes import ColumnDef
+
+META_SCHEMA = "tributary"
+
+_IDENT = r'(?:[a-z_][a-z0-9_$]*|"(?:[^"]|"")+")'
+_TYPE_RE = re.compile(
+    rf"(?:{_IDENT}\.)?{_IDENT}(?: precision| varying)?"  # name, maybe schema-qualified
+    r"(?:\(\d+(?:,-?\d+)?\))?"  # modifiers
+    r"(?: with(?:out)? time zone)?"
+    r"(?:\[\])*\Z")
+
+
+def type_sql(sql_type: str, where: str = "") -> sql.SQL:
+    """A column type from an event schema as SQL, after checking it is only a type name.
+
+    Type names come from the site's ``format_type``; they are checked against the shape of a
+    type name (identifiers, modifiers, ``[]``) so nothing else can ride along into a statement.
+    """
+    if not _TYPE_RE.match(sql_type):
+        raise SchemaError(f"{where}: {sql_type!r} is not a PostgreSQL type name")
+    return sql.SQL(sql_type)
+
+
+def qualified(schema: str, table: str) -> sql.Identifier:
+    return sql.Identifier(schema, table)
+
+
+def create_table(schema: str, table: str, site_column: str,
+                 columns: tuple[ColumnDef, ...]) -> sql.Composed:
+    """CREATE TABLE with the site column first and primary key (site, source key...)."""
+    defs = [sql.SQL("{} text NOT NULL").format(sql.Identifier(site_column))]
+    for col in columns:
+        defs.append(sql.SQL("{} {}").format(
+            sql.Identifier(col.name), type_sql(col.sql_type, f"{schema}.{table}.{col.name}")))
+    key = [sql.Identifier(site_column)] + [sql.Identifier(c.name) for c in columns if c.is_key]
+    defs.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(key)))
+    return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
+        qualified(schema, table), sql.SQL(", ").join(defs))
+
+
+def add_column(schema: str, table: str, col: ColumnDef) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+        qualified(schema, table), sql.Identifier(col.name),
+        type_sql(col.sql_type, f"{schema}.{table}.{col.name}"))
+
+
+def create_stage(stage: str, target: sql.Identifier, site_column: str,
+                 columns: list[ColumnDef]) -> sql.Composed:
+    """A session temp table with the target's column types (``LIKE`` would copy all columns)."""
+    cols = [sql.SQL("{} text").format(sql.Identifier(site_column))]
+    cols += [sql.SQL("{} {}").format(sql.Identifier(c.name), type_sql(c.sql_type, c.name))
+             for c in columns]
+    return sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
+        sql.Identifier(stage), sql.SQL(", ").join(cols))
+
+
+def copy_stage(stage: str, site_column: str, columns: list[ColumnDef]) -> sql.Composed:
+    names = [sql.Identifier(site_column)] + [sql.Identifier(c.name) for c in columns]
+    return sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(stage),
+                                                     sql.SQL(", ").join(names))
+
+
+def truncate_stage(stage: str) -> sql.Composed:
+    return sql.SQL("TRUNCATE {}").format(sql.Identifier(stage))
+
+
+def upsert_from_stage(target: sql.Identifier, stage: str, site_column: str,
+                      columns: list[ColumnDef], key: list[ColumnDef],
+                      append_only: bool = False) -> sql.Composed:
+    """INSERT ... SELECT FROM stage ON CONFLICT (site, key) DO UPDATE (or DO NOTHING)."""
+    names = [sql.Identifier(site_column)] + [sql.Identifier(c.name) for c in columns]
+    conflict = [sql.Identifier(site_column)] + [sql.Identifier(c.name) for c in key]
+    keyset = {c.name for c in key}
+    updates = [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c.name))
+               for c in columns if c.name not in keyset]
+    if append_only or not updates:
+        action = sql.SQL("DO NOTHING")
+    else:
+        action = sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(updates))
+    return sql.SQL("INSERT INTO {t} ({n}) SELECT {n} FROM {s} ON CONFLICT ({k}) {a}").format(
+        t=target, n=sql.SQL(", ").join(names), s=sql.Identifier(stage),
+        k=sql.SQL(", ").join(conflict), a=action)
+
+
+def delete_using_stage(target: sql.Identifier, stage: str, site_column: str,
+                       key: list[ColumnDef]) -> sql.Composed:
+    cond = [sql.SQL("t.{0} = s.{0}").format(sql.Identifier(site_column))]
+    cond += [sql.SQL("t.{0} = s.{0}").format(sql.Identifier(c.name)) for c in key]
+    return sql.SQL("DELETE FROM {} AS t USING {} AS s WHERE {}").format(
+        target, sql.Identifier(stage), sql.SQL(" AND ").join(cond))
+
+
+def delete_site_rows(target: sql.Identifier, site_column: str) -> sql.Composed:
+    """A site's TRUNCATE: only that site's rows (parameter: site id)."""
+    return sql.SQL("DELETE FROM {} WHERE {} = %s").format(target, sql.Identifier(site_column))
+
+
+def update_row(target: sql.Identifier, site_column: str, set_columns: list[ColumnDef],
+               key: list[ColumnDef]) -> sql.Composed:
+    """UPDATE of some columns of one row; parameters: set values, site id, old key values."""
+    sets = [sql.SQL("{} = %s").format(sql.Identifier(c.name)) for c in set_columns]
+    cond = [sql.SQL("{} = %s").format(sql.Identifier(site_column))]
+    cond += [sql.SQL("{} = %s").format(sql.Identifier(c.name)) for c in key]
+    return sql.SQL("UPDATE {} SET {} WHERE {}").format(
+        target, sql.SQL(", ").join(sets), sql.SQL(" AND ").join(cond))

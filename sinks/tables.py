@@ -1,0 +1,153 @@
+"""Cloud tables: where a site table lands, creating it when missing and checking it can hold the rows.
+
+A site table ``schema.name`` lands in the cloud table of the same name unless ``[sink.tables]``
+maps it elsewhere; every site shares that table. A missing table is created with the site's
+column types, the site column first and primary key ``(site column, source key...)``. A column
+the cloud lacks is added. An existing column whose type cannot hold the site's values, or a
+table without a unique key on ``(site column, source key...)``, stops the site with an error
+naming table and column.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from cdc.errors import ApplyError
+from sinks import sql as q
+from sinks.changes import ColumnDef, TableVersion
+
+log = logging.getLogger(__name__)
+
+_INT_RANK = {"smallint": 1, "integer": 2, "bigint": 3}
+_VARCHAR = re.compile(r"character varying\((\d+)\)\Z")
+_NUMERIC = re.compile(r"numeric\((\d+),(-?\d+)\)\Z")
+_PRECISION = re.compile(r"(timestamp|time)\((\d)\)( with(?:out)? time zone)\Z")
+
+
+def can_hold(cloud_type: str, site_type: str) -> bool:
+    """Whether every value of ``site_type`` fits ``cloud_type`` unchanged (pure)."""
+    if cloud_type == site_type:
+        return True
+    if cloud_type in _INT_RANK and site_type in _INT_RANK:
+        return _INT_RANK[cloud_type] >= _INT_RANK[site_type]
+    if cloud_type == "double precision" and site_type == "real":
+        return False  # float4 text read as float8 changes its value; keep types equal
+    if cloud_type == "text" and (site_type.startswith("character varying") or site_type == "character varying"):
+        return True
+    m_cloud, m_site = _VARCHAR.match(cloud_type), _VARCHAR.match(site_type)
+    if cloud_type == "character varying" and (m_site or site_type == "character varying"):
+        return True
+    if m_cloud and m_site:
+        return int(m_cloud.group(1)) >= int(m_site.group(1))
+    if cloud_type == "numeric" and site_type.startswith("numeric"):
+        return True
+    n_cloud, n_site = _NUMERIC.match(cloud_type), _NUMERIC.match(site_type)
+    if n_cloud and n_site:
+        p1, s1 = int(n_cloud.group(1)), int(n_cloud.group(2))
+        p2, s2 = int(n_site.group(1)), int(n_site.group(2))
+        return s1 >= s2 and p1 - s1 >= p2 - s2
+    t_site = _PRECISION.match(site_type)
+    if t_site and cloud_type == t_site.group(1) + t_site.group(3):
+        return True  # default precision (6) holds every lower precision
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A cloud table ready to receive one table version's rows."""
+
+    schema: str
+    table: str
+    ident: sql.Identifier
+    columns: tuple[ColumnDef, ...]  # the version's columns, cloud-side names
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    @property
+    def key_columns(self) -> list[ColumnDef]:
+        return [c for c in self.columns if c.is_key]
+
+
+class CloudTables:
+    """Resolves and prepares cloud tables, once per table version per cloud transaction."""
+
+    def __init__(self, site_column: str, mapping: dict[str, str], create: bool = True) -> None:
+        self.site_column = site_column
+        self.mapping = mapping
+        self.create = create
+        self._ready: dict[int, Target] = {}
+
+    def forget(self) -> None:
+        """After a rollback: DDL done in that transaction is gone too."""
+        self._ready.clear()
+
+    def name_of(self, version: TableVersion) -> tuple[str, str]:
+        mapped = self.mapping.get(version.qualified)
+        if mapped:
+            schema, _, table = mapped.partition(".")
+            return schema, table
+        return version.schema, version.table
+
+    def target(self, conn: psycopg.Connection, version: TableVersion) -> Target:
+        target = self._ready.get(version.fingerprint)
+        if target is None:
+            target = self._prepare(conn, version)
+            self._ready[version.fingerprint] = target
+        return target
+
+    def _columns(self, conn: psycopg.Connection, schema: str, table: str) -> dict[str, str] | None:
+        rows = conn.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+            " JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+            (schema, table)).fetchall()
+        return {r[0]: r[1] for r in rows} if rows else None
+
+    def _has_unique_key(self, conn: psycopg.Connection, schema: str, table: str,
+                        names: list[str]) -> bool:
+        rows = conn.execute(
+            "SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_index i"
+            " JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)"
+            " WHERE n.nspname = %s AND c.relname = %s AND i.indisunique AND i.indpred IS NULL"
+            " GROUP BY i.indexrelid", (schema, table)).fetchall()
+        want = sorted(names)
+        return any(r[0] == want for r in rows)
+
+    def _prepare(self, conn: psycopg.Connection, version: TableVersion) -> Target:
+        schema, table = self.name_of(version)
+        where = f"cloud table {schema}.{table} (site table {version.qualified})"
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('tributary.ddl'))")
+        existing = self._columns(conn, schema, table)
+        if existing is None:
+            if not self.create:
+                raise ApplyError(f"{where} does not exist and sink.create_tables is false")
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            conn.execute(q.create_table(schema, table, self.site_column, version.columns))
+            log.info("created cloud table", extra={"table": f"{schema}.{table}",
+                                                    "from": version.qualified})
+        else:
+            if self.site_column not in existing:
+                raise ApplyError(f"{where} has no site column {self.site_column!r} "
+                                 "(sink.site_column); it cannot keep sites apart")
+            for col in version.columns:
+                cloud_type = existing.get(col.name)
+                if cloud_type is None:
+                    conn.execute(q.add_column(schema, table, col))
+                    log.info("added cloud column", extra={"table": f"{schema}.{table}",
+                                                          "column": col.name, "type": col.sql_type})
+                elif not can_hold(cloud_type, col.sql_type):
+                    raise ApplyError(f"{where}: column {col.name} is {cloud_type}, which cannot "
+                                     f"hold the site's {col.sql_type}")
+            key = [self.site_column] + [c.name for c in version.key_columns]
+            if not self._has_unique_key(conn, schema, table, key):
+                raise ApplyError(f"{where} has no primary key or unique index on "
+                                 f"({', '.join(key)}): rows of different sites could not be told apart")
+        return Target(schema, table, q.qualified(schema, table), version.columns)

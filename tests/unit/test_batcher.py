@@ -1,0 +1,182 @@
+"""Pure sink logic: set-based steps leave what one-by-one application leaves; whole transactions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from cdc.errors import ApplyError
+from sinks.batcher import Delete, Patch, SiteStream, Truncate, Upsert, plan
+from sinks.changes import Change, ColumnDef, TableVersion
+
+T1 = TableVersion(1, "public", "t1", (ColumnDef("id", "id", "integer", True),
+                                      ColumnDef("v", "v", "text", False),
+                                      ColumnDef("big", "big", "text", False)))
+T2 = TableVersion(2, "public", "t2", (ColumnDef("id", "id", "integer", True),
+                                      ColumnDef("v", "v", "text", False)))
+
+
+def row(version: TableVersion, key: int, v: str | None, big: str | None = "B") -> dict[str, Any]:
+    out = {"id": key, "v": v}
+    if version is T1:
+        out["big"] = big
+    return out
+
+
+# -- a reference: apply changes one at a time to dict tables -----------------------------------
+def apply_one_by_one(db: dict, changes: list[Change]) -> None:
+    for ch in changes:
+        table = db.setdefault(ch.version.table, {})
+        if ch.op == "t":
+            table.clear()
+        elif ch.op == "d":
+            table.pop(ch.before["id"], None)
+        else:
+            old = ch.before["id"] if ch.before else ch.after["id"]
+            prev = table.pop(old, None) if ch.op == "u" else table.get(ch.after["id"])
+            new = dict(ch.after)
+            for f in ch.unchanged:
+                new[f] = prev[f] if prev else None
+            table[ch.after["id"]] = new
+
+
+def apply_steps(db: dict, steps: list) -> None:
+    for step in steps:
+        table = db.setdefault(step.version.table, {})
+        if isinstance(step, Upsert):
+            for r in step.rows.values():
+                table[r["id"]] = dict(r)
+        elif isinstance(step, Delete):
+            for k in step.keys.values():
+                table.pop(k["id"], None)
+        elif isinstance(step, Patch):
+            old = table.pop(step.old_key["id"], None)
+            if old is not None:
+                for f in step.fields:
+                    old[f] = step.row[f]
+                table[old["id"]] = old
+        elif isinstance(step, Truncate):
+            table.clear()
+
+
+@st.composite
+def workloads(draw: st.DrawFn) -> list[Change]:
+    """Random valid change sequences over two tables, tracking which keys exist."""
+    exists: dict[str, set[int]] = {"t1": set(), "t2": set()}
+    changes = []
+    for _ in range(draw(st.integers(0, 40))):
+        version = draw(st.sampled_from([T1, T2]))
+        keys = exists[version.table]
+        op = draw(st.sampled_from(["c", "u", "uk", "ut", "d", "t"]))
+        if op == "c":
+            k = draw(st.integers(0, 6).filter(lambda x: x not in keys))  # noqa: B023
+            keys.add(k)
+            changes.append(Change(version, "c", None, row(version, k, draw(st.text(max_size=2))), []))
+        elif op == "t":
+            keys.clear()
+            changes.append(Change(version, "t", None, None, []))
+        elif keys:
+            k = draw(st.sampled_from(sorted(keys)))
+            if op == "d":
+                keys.discard(k)
+                changes.append(Change(version, "d", {"id": k, "v": None, **({"big": None} if version is T1 else {})}, None, []))
+            elif op == "u":
+                changes.append(Change(version, "u", None, row(version, k, draw(st.text(max_size=2))), []))
+            elif op == "ut" and version is T1:
+                changes.append(Change(version, "u", None, row(version, k, "toast", None), ["big"]))
+            elif op == "uk":
+                free = [x for x in range(7) if x not in keys]
+                if free:
+                    n = draw(st.sampled_from(free))
+                    keys.discard(k)
+                    keys.add(n)
+                    toast = version is T1 and draw(st.booleans())
+                    after = row(version, n, "moved", None if toast else "B2")
+                    before = {"id": k, "v": None, **({"big": None} if version is T1 else {})}
+                    changes.append(Change(version, "u", before, after, ["big"] if toast else []))
+    return changes
+
+
+@settings(max_examples=300, deadline=None)
+@given(workloads(), workloads())
+def test_steps_leave_what_one_by_one_leaves(first: list[Change], second: list[Change]) -> None:
+    seed: dict = {}
+    apply_one_by_one(seed, first)  # some existing cloud state
+    expected = {t: {k: dict(v) for k, v in rows.items()} for t, rows in seed.items()}
+    got = {t: {k: dict(v) for k, v in rows.items()} for t, rows in seed.items()}
+    apply_one_by_one(expected, second)
+    apply_steps(got, plan(second))
+    assert {t: r for t, r in got.items() if r} == {t: r for t, r in expected.items() if r}
+
+
+def test_inserts_of_one_table_become_one_step() -> None:
+    changes = [Change(T1, "c", None, row(T1, i, "x"), []) for i in range(1000)]
+    steps = plan(changes)
+    assert len(steps) == 1 and isinstance(steps[0], Upsert) and len(steps[0].rows) == 1000
+
+
+def test_toast_update_after_insert_merges_into_the_full_row() -> None:
+    steps = plan([Change(T1, "c", None, row(T1, 1, "a", "BIG"), []),
+                  Change(T1, "u", None, row(T1, 1, "b", None), ["big"])])
+    assert len(steps) == 1 and steps[0].rows[(1,)] == {"id": 1, "v": "b", "big": "BIG"}
+
+
+# -- SiteStream -----------------------------------------------------------------------------
+def begin(lsn: int, xid: int = 1, system: str = "sys") -> dict:
+    return {"system_id": system, "timeline": 1, "slot": "s", "xid": xid, "commit_lsn": lsn,
+            "commit_ts": 0}
+
+
+def commit(lsn: int, changes: int, xid: int = 1) -> dict:
+    return {"xid": xid, "commit_lsn": lsn, "end_lsn": lsn + 8, "changes": changes}
+
+
+def ins(k: int) -> Change:
+    return Change(T2, "c", None, row(T2, k, "x"), [])
+
+
+def test_site_stream_skips_applied_and_restarts_cut_transactions() -> None:
+    s = SiteStream("a", None)
+    s.begin(begin(100), 0)
+    s.change(ins(1), 1)
+    s.commit(commit(100, 1), 2)
+    changes, tx = s.take_done()
+    assert len(changes) == 1 and tx.commit_lsn == 100 and s.next_offset == 3
+    s.committed()
+    # the source restarts: tx 100 again (skipped), then tx 200 cut short and sent again
+    assert not s.begin(begin(100), 3)
+    assert not s.change(ins(1), 4)
+    s.commit(commit(100, 1), 5)
+    s.begin(begin(200, 2), 6)
+    s.change(ins(2), 7)
+    assert s.begin(begin(200, 2), 8)  # cut short
+    s.change(ins(2), 9)
+    s.change(ins(3), 10)
+    s.commit(commit(200, 2, 2), 11)
+    changes, tx = s.take_done()
+    assert [c.after["id"] for c in changes] == [2, 3] and tx.commit_lsn == 200
+    assert s.skipped == 1
+
+
+def test_new_identity_is_not_skipped() -> None:
+    s = SiteStream("a", None)
+    s.begin(begin(500), 0)
+    s.commit(commit(500, 0), 1)
+    s.committed()
+    s.begin(begin(100, system="other"), 2)  # a re-created site: LSNs start over
+    assert s.change(ins(1), 3)
+
+
+def test_missing_change_records_stop_the_site() -> None:
+    s = SiteStream("a", None)
+    s.begin(begin(100), 0)
+    s.change(ins(1), 1)
+    with pytest.raises(ApplyError, match="records are missing"):
+        s.commit(commit(100, 2), 2)
+
+
+def test_change_without_begin_is_an_error() -> None:
+    with pytest.raises(ApplyError, match="outside a transaction"):
+        SiteStream("a", None).change(ins(1), 7)
