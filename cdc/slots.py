@@ -111,6 +111,10 @@ def slot_state(conn: psycopg.Connection, slot: str) -> SlotState | None:
     if row is None:
         return None
     plugin, kind, confirmed, restart, wal_status, database = row
+    current = conn.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+    if database != current:
+        raise ReplicationError(f"slot {slot} belongs to database {database}, not {current}: "
+                               "set site.slot to a name of its own for this database")
     if kind != "logical" or plugin != "pgoutput":
         raise ReplicationError(f"slot {slot} exists but is {kind} with plugin {plugin}, not logical pgoutput")
     if wal_status == "lost":

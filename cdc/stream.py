@@ -66,7 +66,7 @@ class ReplicationStream:
         self._pg.send_query(query.as_bytes(conn))
         result = self._pg.get_result()
         if result is None or result.status != pq.ExecStatus.COPY_BOTH:
-            message = self._pg.get_error_message().decode(errors="replace").strip()
+            message = self._pg.get_error_message().strip()
             raise ReplicationError(
                 f"START_REPLICATION on slot {slot} at {format_lsn(start_lsn)} failed: {message}")
         self._fileno = self._pg.socket
@@ -88,9 +88,9 @@ class ReplicationStream:
                 return None
         # -1: the server ended the COPY (error or shutdown)
         result = pg.get_result()
-        message = pg.get_error_message().decode(errors="replace").strip()
+        message = pg.get_error_message().strip()
         if result is not None and result.error_message:
-            message = result.error_message.decode(errors="replace").strip()
+            message = result.get_error_message().strip()
         raise ConnectionLost(f"replication stream on slot {self.slot} ended: {message or 'server closed the stream'}")
 
     def send_status(self, write_lsn: int, flush_lsn: int, reply: bool = False) -> None:
@@ -99,7 +99,7 @@ class ReplicationStream:
         pg = self._pg
         if pg.put_copy_data(frame) != 1:
             raise ConnectionLost(f"cannot send standby status on slot {self.slot}: "
-                                   + pg.get_error_message().decode(errors="replace"))
+                                   + pg.get_error_message())
         pg.flush()
 
     def close(self) -> None:

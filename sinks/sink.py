@@ -178,6 +178,7 @@ class Sink:
             if rec["site"] != stream.site_id:
                 raise ApplyError(f"{where}: transaction of site {rec['site']!r} on the topic of "
                                  f"site {stream.site_id!r}; refusing to apply it")
+            rec["commit_ts"] = progress_store.datetime_to_us(rec["commit_ts"])
             if stream.begin(rec, offset) and self.big == key:
                 log.warning("transaction cut short by a source restart; applying it again",
                             extra={"site": stream.site_id, "offset": offset})

@@ -1,0 +1,239 @@
+"""The whole pipeline on real servers: two sites -> Kafka -> one cloud, compared row by row."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import psycopg
+import pytest
+
+from tests.integration.harness import (
+    MARKER_DDL, Daemon, cloud_config, count, execute, rows_of, site_config, sync, wait_until,
+)
+
+SCHEMA = [
+    "CREATE TABLE devices (id int PRIMARY KEY, name text NOT NULL, firmware text,"
+    " installed date, updated_at timestamptz DEFAULT now())",
+    "CREATE TABLE readings (device_id int NOT NULL, ts timestamptz NOT NULL,"
+    " value double precision, quality smallint, PRIMARY KEY (device_id, ts))",
+    "CREATE TABLE settings (key text PRIMARY KEY, value text, blob text)",
+    "ALTER TABLE settings ALTER COLUMN blob SET STORAGE EXTERNAL",
+    MARKER_DDL,
+]
+TABLES = {
+    "public.devices": ["id", "name", "firmware", "installed", "updated_at"],
+    "public.readings": ["device_id", "ts", "value", "quality"],
+    "public.settings": ["key", "value", "blob"],
+}
+SEED = [
+    "INSERT INTO devices (id, name, firmware, installed)"
+    " SELECT g, 'dev-' || g, 'v1', date '2024-01-01' + g FROM generate_series(1, 20) g",
+    "INSERT INTO readings SELECT d, timestamptz '2025-01-01 00:00+00' + m * interval '1 minute',"
+    " d * 1.5 + m / 7.0, (m % 3)::smallint FROM generate_series(1, 20) d, generate_series(1, 50) m",
+    # 12 kB of hex per blob: incompressible enough to stay out of line (TOAST)
+    "INSERT INTO settings SELECT 'k' || g, 'value ' || g,"
+    " (SELECT string_agg(md5(g::text || i::text), '') FROM generate_series(1, 400) i)"
+    " FROM generate_series(1, 5) g",
+]
+TIMEOUT = 90
+
+
+class Pipeline:
+    """Sites, cloud and daemons of one test, with fresh databases and topics."""
+
+    def __init__(self, tmp_path: Path, pg_factory: Callable[..., Any], kafka_broker: Any,
+                 unique_name: Callable[[str], str], sites: tuple[str, ...] = ("a", "b"),
+                 sink_extra: str = "") -> None:
+        self.tmp = tmp_path
+        self.prefix = unique_name("t")
+        self.kafka = kafka_broker.bootstrap_servers
+        cloud = pg_factory("cloud")
+        self.cloud_dsn = cloud.create_database(unique_name("cloud"))
+        self.site_dsn: dict[str, str] = {}
+        self.sources: dict[str, Daemon] = {}
+        for site in sites:
+            cluster = pg_factory(f"site_{site}")
+            dsn = cluster.create_database(unique_name(f"site_{site}"))
+            execute(dsn, *SCHEMA)
+            self.site_dsn[site] = dsn
+            cfg = site_config(tmp_path / f"{site}.toml", site, dsn, self.kafka, self.prefix,
+                              slot=unique_name(f"slot_{site}"))
+            self.sources[site] = Daemon("source", cfg, tmp_path, f"source-{site}")
+        cfg = cloud_config(tmp_path / "cloud.toml", self.cloud_dsn, self.kafka, self.prefix,
+                           unique_name("group"), sink_extra)
+        self.sink = Daemon("sink", cfg, tmp_path, "sink")
+
+    @property
+    def daemons(self) -> tuple[Daemon, ...]:
+        return (*self.sources.values(), self.sink)
+
+    def start(self) -> "Pipeline":
+        for d in self.daemons:
+            d.start()
+        # the source creates its slot on start: wait for it before any change that must flow
+        for site, dsn in self.site_dsn.items():
+            wait_until(lambda dsn=dsn: count(dsn, "SELECT count(*) FROM pg_replication_slots"
+                                                  " WHERE active") == 1,
+                       TIMEOUT, f"the slot of site {site} to be active", self.daemons)
+        return self
+
+    def sync(self, site: str) -> None:
+        sync(self.site_dsn[site], self.cloud_dsn, site, TIMEOUT, self.daemons)
+
+    def assert_equal(self, site: str) -> None:
+        for table, columns in TABLES.items():
+            site_rows = rows_of(self.site_dsn[site], table, columns)
+            cloud_rows = rows_of(self.cloud_dsn, table, columns, where_site=site)
+            assert cloud_rows == site_rows, f"{table} of site {site} differs in the cloud"
+
+    def stop(self) -> None:
+        codes = {d.name: d.stop() for d in self.daemons}
+        assert all(c == 0 for c in codes.values()), codes
+
+
+@pytest.fixture
+def pipeline_factory(tmp_path: Path, pg_factory: Any, kafka_broker: Any, unique_name: Any):
+    made: list[Pipeline] = []
+
+    def make(**kwargs: Any) -> Pipeline:
+        p = Pipeline(tmp_path, pg_factory, kafka_broker, unique_name, **kwargs)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        for d in p.daemons:
+            if d.alive():
+                d.proc.kill()  # type: ignore[union-attr]
+                d.proc.wait(10)  # type: ignore[union-attr]
+
+
+def test_two_sites_same_keys_mixed_workload(pipeline_factory: Callable[..., Pipeline]) -> None:
+    p = pipeline_factory().start()
+    a, b = p.site_dsn["a"], p.site_dsn["b"]
+    for dsn in (a, b):
+        execute(dsn, *SEED)
+    execute(a,
+            "UPDATE devices SET firmware = 'v2', updated_at = now() WHERE id % 2 = 0",
+            "UPDATE devices SET id = id + 100 WHERE id IN (3, 4)",  # primary key changes
+            "DELETE FROM readings WHERE device_id = 5",
+            "DELETE FROM devices WHERE id = 5",
+            "UPDATE settings SET value = 'changed' WHERE key = 'k1'",  # blob: unchanged TOAST
+            "BEGIN; INSERT INTO devices VALUES (50, 'new', NULL, NULL, now());"
+            " UPDATE devices SET name = 'renamed' WHERE id = 50;"
+            " DELETE FROM devices WHERE id = 6; INSERT INTO devices VALUES (6, 'back', 'v9', NULL);"
+            " COMMIT",
+            "TRUNCATE readings",
+            "INSERT INTO readings VALUES (1, '2025-02-01 00:00+00', 42.25, 1)")
+    execute(b,
+            "UPDATE readings SET value = value * 2 WHERE device_id = 1",
+            "DELETE FROM devices WHERE id = 7",
+            "UPDATE settings SET blob = blob || 'x' WHERE key = 'k2'")
+    p.sync("a")
+    p.sync("b")
+    p.assert_equal("a")
+    p.assert_equal("b")
+    # the truncate at site a removed only site a's rows
+    assert count(p.cloud_dsn, "SELECT count(*) FROM readings WHERE site_id = 'b'") == 1000
+    assert count(p.cloud_dsn, "SELECT count(*) FROM readings WHERE site_id = 'a'") == 1
+    # the cloud table was created with the site's types, the site column first, key (site, id)
+    with psycopg.connect(p.cloud_dsn) as conn:
+        cols = conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = 'public.readings'::regclass AND attnum > 0 ORDER BY attnum").fetchall()
+        key = conn.execute(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = 'public.readings'::regclass AND contype = 'p'").fetchone()[0]
+    assert cols == [("site_id", "text"), ("device_id", "integer"),
+                    ("ts", "timestamp with time zone"), ("value", "double precision"),
+                    ("quality", "smallint")]
+    assert key == "PRIMARY KEY (site_id, device_id, ts)"
+    p.stop()
+
+
+def test_unchanged_toast_value_survives_an_update(pipeline_factory: Callable[..., Pipeline]) -> None:
+    p = pipeline_factory(sites=("a",)).start()
+    a = p.site_dsn["a"]
+    execute(a, SEED[2])
+    p.sync("a")
+    execute(a, "UPDATE settings SET value = 'other column' WHERE key IN ('k1', 'k2')")
+    p.sync("a")
+    blob = rows_of(p.cloud_dsn, "public.settings", ["key", "blob"], where_site="a")
+    assert len(blob[0][1]) == 12800 and blob == rows_of(a, "public.settings", ["key", "blob"])
+    p.assert_equal("a")
+    p.stop()
+
+
+class Writer(threading.Thread):
+    """Background site workload: many transactions of inserts, updates and deletes."""
+
+    def __init__(self, dsn: str, transactions: int, rows: int, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.transactions, self.rows, self.stop = dsn, transactions, rows, stop
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._work()
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            self.error = exc
+
+    def _work(self) -> None:
+        dsn, transactions, rows, stop = self.dsn, self.transactions, self.rows, self.stop
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for t in range(transactions):
+                if stop.is_set():
+                    return
+                with conn.transaction():
+                    conn.execute(
+                        "INSERT INTO readings SELECT 100 + %s, timestamptz '2025-01-01 00:00+00'"
+                        " + g * interval '1 second', g, 0 FROM generate_series(1, %s) g",
+                        (t, rows))
+                    conn.execute("UPDATE readings SET quality = 1 WHERE device_id = %s AND"
+                                 " extract(second from ts)::int %% 5 = 0", (100 + t,))
+                    conn.execute("DELETE FROM readings WHERE device_id = %s AND"
+                                 " extract(second from ts)::int %% 7 = 0", (100 + t,))
+
+
+@pytest.mark.parametrize("victim", ["source", "sink"])
+def test_kill9_mid_stream_loses_and_doubles_nothing(
+        pipeline_factory: Callable[..., Pipeline], victim: str) -> None:
+    p = pipeline_factory(sites=("a",), sink_extra="batch_max_changes = 5000").start()
+    a = p.site_dsn["a"]
+    stop = threading.Event()
+    writer = Writer(a, transactions=150, rows=400, stop=stop)
+    daemon = p.sources["a"] if victim == "source" else p.sink
+    try:
+        wait_until(lambda: writer.error is not None
+                   or count(p.cloud_dsn, "SELECT count(*) FROM readings") > 5000,
+                   TIMEOUT, "rows to flow", p.daemons)
+        daemon.kill9()
+        time.sleep(1.0)  # the site keeps writing while the daemon is down
+        daemon.start()
+        writer.join(TIMEOUT)
+        assert not writer.is_alive() and writer.error is None, writer.error
+    finally:
+        stop.set()
+    p.sync("a")
+    p.assert_equal("a")
+    with psycopg.connect(p.cloud_dsn) as conn:
+        total = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+    assert total == count(a, "SELECT count(*) FROM readings") > 40000
+    p.stop()
+
+
+def test_large_transaction_streams_through(pipeline_factory: Callable[..., Pipeline]) -> None:
+    """A transaction larger than the sink's batch is applied in parts, atomically."""
+    p = pipeline_factory(sites=("a",), sink_extra="batch_max_changes = 2000").start()
+    a = p.site_dsn["a"]
+    execute(a, "INSERT INTO readings SELECT d, timestamptz '2025-01-01 00:00+00'"
+               " + m * interval '1 minute', m, 0 FROM generate_series(1, 10) d,"
+               " generate_series(1, 3000) m")
+    p.sync("a")
+    p.assert_equal("a")
+    assert count(p.cloud_dsn, "SELECT count(*) FROM readings") == 30000
+    p.stop()
