@@ -19,7 +19,7 @@ from cdc.errors import ConfigError, TributaryError
 log = logging.getLogger("cdc")
 
 CONFIG_OPTION = click.option(
-    "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+    "--config", "config_path", required=True, metavar="FILE",
     help="TOML config file; every key can also come from CDC_<SECTION>_<KEY> variables.")
 LOG_FORMAT_OPTION = click.option(
     "--log-format", type=click.Choice(["json", "text"]), default=None,
