@@ -60,6 +60,13 @@ class SiteConfig(_Section):
                              "starting with a letter or digit (it names a Kafka topic)")
         return v
 
+    @field_validator("slot")
+    @classmethod
+    def _slot(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z0-9_]{1,63}", v):
+            raise ValueError("replication slot names are 1-63 lower case letters, digits or '_'")
+        return v
+
     @property
     def slot_name(self) -> str:
         return self.slot or "tributary_" + re.sub(r"[^a-z0-9_]", "_", self.id.lower())

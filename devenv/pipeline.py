@@ -25,7 +25,7 @@ def site_config(path: Path, site_id: str, dsn: str, kafka: str, prefix: str,
 [site]
 id = "{site_id}"
 dsn = "{dsn}"
-slot = "{slot or 'tributary_' + site_id}"
+{f'slot = "{slot}"' if slot else ''}
 tables = ["public.*"]
 status_interval_s = 1
 
