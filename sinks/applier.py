@@ -8,6 +8,7 @@ unchanged and whose full row is not in the same step).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import psycopg
@@ -64,10 +65,12 @@ class Applier:
                                  f"{exc}".strip()) from exc
 
     def _stage(self, target: Target, columns: list[ColumnDef], role: str) -> str:
-        key = (target.qualified, role, tuple(c.name for c in columns))
+        key = (target.qualified, role, tuple((c.name, c.sql_type) for c in columns))
         name = self._stages.get(key)
         if name is None:
-            name = f"_tributary_stage_{len(self._stages)}"
+            # named by its shape: a temp table that outlived forget() has the same columns
+            digest = hashlib.sha1(repr(key).encode()).hexdigest()[:16]
+            name = f"_tributary_stage_{digest}"
             self.conn.execute(q.create_stage(name, target.ident, self.site_column, columns))
             self._stages[key] = name
         elif name in self._dirty:
