@@ -11,6 +11,7 @@ formatted with ``kafka.tools.StorageTool``; it logs (log4j 1 / reload4j) to
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import hashlib
 import json
@@ -23,7 +24,6 @@ import sys
 import tempfile
 import time
 import uuid
-import base64
 from pathlib import Path
 from typing import Any
 
@@ -179,8 +179,13 @@ def ensure_kafka(cache_dir: Path | str | None = None) -> Path:
 
 
 def _new_cluster_id() -> str:
-    # Kafka's Uuid string form: url-safe base64 of 16 bytes, no padding
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    # Kafka's Uuid string form: url-safe base64 of 16 bytes, no padding.  Like
+    # Kafka's Uuid.randomUuid(), never start with '-' (command lines take it
+    # for an option).
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
 
 
 def _prop_escape(value: str) -> str:
@@ -374,7 +379,8 @@ class KafkaBroker:
     def _format(self, java: str, libs: Path) -> None:
         cmd = self._java_cmd(
             java, libs, "kafka.tools.StorageTool", "format",
-            "-t", _new_cluster_id(), "-c", str(self.config_file), "--ignore-formatted",
+            f"--cluster-id={_new_cluster_id()}", f"--config={self.config_file}",
+            "--ignore-formatted",
         )
         try:
             res = subprocess.run(
