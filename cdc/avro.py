@@ -20,7 +20,7 @@ import io
 import json
 import struct
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
@@ -29,7 +29,6 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from cdc.errors import SchemaError
 from cdc.relations import TableInfo
 
-SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 _FP = struct.Struct("<Q")
 
@@ -38,7 +37,7 @@ OPS = ["c", "u", "d", "r", "t"]
 
 def load_fixed_schema(name: str) -> dict[str, Any]:
     """One of the fixed schemas in ``schemas/`` by file stem (``source``, ``begin``, ``commit``)."""
-    path = SCHEMAS_DIR / f"{name}.avsc"
+    path = resources.files("schemas") / f"{name}.avsc"
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:

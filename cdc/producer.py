@@ -8,6 +8,7 @@ streams again from the slot's confirmed point.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
@@ -15,7 +16,9 @@ from confluent_kafka import KafkaException, Producer
 from cdc.config import KafkaConfig
 from cdc.errors import DeliveryError
 from cdc.progress import SourceProgress
-from cdc.topics import client_config
+from cdc.topics import client_config, kafka_error_logger
+
+log = logging.getLogger(__name__)
 
 #: Defaults tuned for throughput with bounded memory; ``kafka.config`` overrides all but safety.
 PRODUCER_DEFAULTS: dict[str, Any] = {
@@ -40,6 +43,7 @@ class EventProducer:
         conf.update(client_config(kafka))
         conf.update(PRODUCER_SAFETY)
         conf["on_delivery"] = self._on_delivery
+        conf.setdefault("error_cb", kafka_error_logger(log))
         try:
             self._producer = Producer(conf)
         except KafkaException as exc:

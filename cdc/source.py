@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 TRANSIENT = (ConnectionLost, DeliveryError, psycopg.OperationalError, KafkaException)
 XLOGDATA, KEEPALIVE = ord("w"), ord("k")
 XLOG_HEADER = 25  # 'w' + wal_start + wal_end + send_time
+PROGRESS_LOG_S = 30.0
 
 
 @dataclass
@@ -127,6 +128,7 @@ class Source:
         read, decode, handle, produce = stream.read, decode_message, builder.handle, producer.produce
         poll, check = producer.poll, producer.check
         last_status = 0.0
+        last_log = time.monotonic()
         reported = -1
         n = 0
         while not self.stop.is_set():
@@ -159,6 +161,13 @@ class Source:
                 stream.send_status(progress.received_lsn, confirmed)
                 last_status, reported = now, confirmed
                 stats.messages, stats.records, stats.confirmed_lsn = n, progress.produced, confirmed
+            if now - last_log >= PROGRESS_LOG_S:
+                last_log = now
+                log.info("progress", extra={
+                    "site": self.site.id, "messages": n, "transactions": stats.transactions,
+                    "records": progress.produced, "unacked": progress.unacked,
+                    "confirmed_lsn": format_lsn(confirmed),
+                    "received_lsn": format_lsn(progress.received_lsn)})
         stats.messages, stats.records = n, progress.produced
 
 

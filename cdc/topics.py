@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from typing import Any, Callable
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -20,6 +21,23 @@ def client_config(kafka: KafkaConfig, **extra: Any) -> dict[str, Any]:
     conf.update(kafka.config)
     conf.update(extra)
     return conf
+
+
+def kafka_error_logger(logger: logging.Logger) -> Callable[[Any], None]:
+    """An ``error_cb`` for librdkafka clients: broker trouble shows in our logs, once a minute.
+
+    librdkafka retries connections by itself; these lines say why nothing is flowing.
+    """
+    last: dict[str, float] = {}
+
+    def report(err: Any) -> None:
+        text = str(err)
+        now = time.monotonic()
+        if now - last.get(text, -1e9) >= 60:
+            last[text] = now
+            logger.warning("kafka: %s", text, extra={"kafka_error": err.name() if hasattr(err, "name") else text})
+
+    return report
 
 
 def ensure_topic(kafka: KafkaConfig, name: str, config: dict[str, str] | None = None,

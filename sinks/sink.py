@@ -27,7 +27,7 @@ from cdc.config import Config
 from cdc.errors import ApplyError, ConnectionLost
 from cdc.lsn import format_lsn
 from cdc.schema_store import SchemaRegistry
-from cdc.topics import client_config
+from cdc.topics import client_config, kafka_error_logger
 from sinks import progress_store
 from sinks.applier import Applier
 from sinks.batcher import SiteStream, plan
@@ -37,6 +37,7 @@ from sinks.tables import CloudTables
 log = logging.getLogger(__name__)
 
 TRANSIENT = (ConnectionLost, psycopg.OperationalError, KafkaException)
+PROGRESS_LOG_S = 30.0
 
 
 @dataclass
@@ -89,7 +90,8 @@ class Sink:
                 "group.id": cfg.group_id, "enable.auto.commit": False,
                 "auto.offset.reset": "earliest", "enable.partition.eof": False,
                 "topic.metadata.refresh.interval.ms": 5000,
-                "fetch.max.bytes": 52_428_800, "queued.max.messages.kbytes": 65_536}))
+                "fetch.max.bytes": 52_428_800, "queued.max.messages.kbytes": 65_536,
+                "error_cb": kafka_error_logger(log)}))
             self.consumer = consumer
             consumer.subscribe([self.kafka.site_topic_pattern], on_assign=self._on_assign,
                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
@@ -196,7 +198,7 @@ class Sink:
     def _loop(self) -> None:
         cfg = self.cfg
         consumer = self.consumer
-        batch_started = time.monotonic()
+        batch_started = last_log = time.monotonic()
         while not self.stop.is_set():
             msgs = consumer.consume(num_messages=2000, timeout=0.05)
             for msg in msgs:
@@ -222,6 +224,17 @@ class Sink:
                 batch_started = time.monotonic()
                 if big is not None:
                     self._start_big(big)
+                if batch_started - last_log >= PROGRESS_LOG_S:
+                    last_log = batch_started
+                    self._log_progress()
+
+    def _log_progress(self) -> None:
+        stats = self.stats
+        sites = {s.site_id: format_lsn(s.applied.commit_lsn) if s.applied else None
+                 for s in self.streams.values()}
+        log.info("progress", extra={"transactions": stats.transactions, "changes": stats.changes,
+                                    "batches": stats.batches, "applied_commit_lsn": sites,
+                                    "skipped": sum(s.skipped for s in self.streams.values())})
 
     def _flush(self, final: bool = False) -> None:
         """Apply every complete transaction of every site in one cloud transaction."""

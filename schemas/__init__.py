@@ -1,0 +1,1 @@
+"""The fixed Avro schemas (``*.avsc``): source block, Begin, Commit. Loaded by cdc.avro."""
