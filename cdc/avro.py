@@ -92,7 +92,7 @@ def key_schema(info: TableInfo) -> dict[str, Any]:
     """The record-key schema of a table version: table identity plus key columns."""
     namespace = f"tributary.{_name_part(info.schema)}.{_name_part(info.table)}"
     key_row = {"type": "record", "name": "KeyRow",
-               "fields": [_column_field(c, nullable=False) for c in info.key_columns]}
+               "fields": [_column_field(c, nullable=info.nullable_key) for c in info.key_columns]}
     return {
         "type": "record", "name": f"Key_{_metadata_hash(info)}", "namespace": namespace,
         "tributary.kind": "key",

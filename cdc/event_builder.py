@@ -12,16 +12,14 @@ the source may confirm to the slot once every record up to it is acknowledged.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from cdc.avro import Codec, control_schema, envelope_schema, key_schema
-from cdc.errors import DecodeError, SchemaError
-from cdc.pgoutput import (
-    UNCHANGED_TOAST, Begin, Commit, Delete, Insert, Message, Relation, Truncate, Update,
-    pg_us_to_unix_us,
-)
-from cdc.relations import RelationCache, TableInfo
-from cdc.values import CONVERTERS, TypeLookup
+from cdc.avro_rows import BRANCH1, NULL, OP_BYTES, RowEncoder, text, toast_array, zigzag
+from cdc.errors import DecodeError
+from cdc.pgoutput import Begin, Commit, Delete, Insert, Message, Relation, Truncate, Update, pg_us_to_unix_us
+from cdc.relations import KeyLookup, RelationCache, TableInfo
+from cdc.values import TypeLookup
 
 #: Kafka key of control records (Begin, Commit): compacted topics need a key on every record.
 CONTROL_KEY = b"\x00tributary.tx"
@@ -44,49 +42,30 @@ class SiteIdentity:
 class _TableCodec:
     """Everything needed to turn one table version's tuples into records, built once."""
 
-    __slots__ = ("info", "value", "key", "fields", "converters", "key_positions", "key_fields")
+    __slots__ = ("info", "value", "key", "rows", "key_prefix", "name_bytes")
 
     def __init__(self, info: TableInfo) -> None:
         self.info = info
         self.value = Codec.of(envelope_schema(info))
         self.key = Codec.of(key_schema(info))
-        self.fields = tuple(c.field for c in info.columns)
-        self.converters = tuple(CONVERTERS[c.kind] for c in info.columns)
-        self.key_positions = tuple(i for i, c in enumerate(info.columns) if c.is_key)
-        self.key_fields = tuple(info.columns[i].field for i in self.key_positions)
+        self.rows = RowEncoder([c.kind for c in info.columns], [c.field for c in info.columns],
+                               [i for i, c in enumerate(info.columns) if c.is_key],
+                               info.qualified, info.nullable_key)
+        self.name_bytes = text(info.schema) + text(info.table)
+        self.key_prefix = self.key.header + self.name_bytes
 
-    def row(self, values: tuple, toast: list[str] | None = None) -> dict[str, Any]:
-        """Tuple data -> Avro row dict. Unchanged TOAST values become None and are listed."""
-        out: dict[str, Any] = {}
-        for field, conv, raw in zip(self.fields, self.converters, values):
-            if raw is None:
-                out[field] = None
-            elif raw is UNCHANGED_TOAST:
-                out[field] = None
-                if toast is None:
-                    raise DecodeError(
-                        f"{self.info.qualified}.{field}: unchanged-TOAST marker outside an update")
-                toast.append(field)
-            elif type(raw) is bytes:
-                out[field] = conv(raw)
-            else:
-                raise DecodeError(
-                    f"{self.info.qualified}.{field}: binary column value; the source streams text")
-        return out
-
-    def key_record(self, row: dict[str, Any]) -> bytes:
-        info = self.info
-        return self.key.encode({"schema": info.schema, "table": info.table,
-                                "key": {f: row[f] for f in self.key_fields}})
+    def key_record(self, values: tuple) -> bytes:
+        return self.key_prefix + BRANCH1 + self.rows.key(values)
 
 
 class EventBuilder:
     """Feeds on decoded pgoutput messages of one site, returns the records to publish."""
 
     def __init__(self, site: SiteIdentity, lookup: TypeLookup | None = None,
-                 on_new_schema: Callable[[Codec], None] | None = None) -> None:
+                 on_new_schema: Callable[[Codec], None] | None = None,
+                 key_lookup: KeyLookup | None = None) -> None:
         self.site = site
-        self.relations = RelationCache(lookup)
+        self.relations = RelationCache(lookup, key_lookup)
         self._codecs: dict[int, _TableCodec] = {}
         self._on_new_schema = on_new_schema
         self._begin = Codec.of(control_schema("begin"))
@@ -96,7 +75,10 @@ class EventBuilder:
         self._commit_lsn = 0
         self._commit_ts = 0
         self._seq = 0
-        self._source: dict[str, Any] | None = None
+        self._open = False
+        self._tx_prefix = b""  # Avro of source.site + source.db
+        self._tx_middle = b""  # Avro of source.xid + source.commit_lsn
+        self._tx_suffix = b""  # Avro of source.commit_ts + source.snapshot
         self._emit_control_schemas()
 
     # -- schemas ---------------------------------------------------------------------------
@@ -123,7 +105,7 @@ class EventBuilder:
     # -- messages ----------------------------------------------------------------------------
     @property
     def in_transaction(self) -> bool:
-        return self._source is not None
+        return self._open
 
     def handle(self, msg: object, lsn: int = 0) -> list[Record]:
         """The records one message yields (often one; none for Relation, Origin, Type)."""
@@ -149,77 +131,75 @@ class EventBuilder:
         return []  # Origin, Type: nothing to publish
 
     def _begin_tx(self, msg: Begin) -> list[Record]:
-        if self._source is not None:
+        if self._open:
             raise DecodeError(f"Begin of xid {msg.xid} inside transaction xid {self._xid}")
         self._xid, self._commit_lsn, self._seq = msg.xid, msg.final_lsn, 0
         self._commit_ts = pg_us_to_unix_us(msg.commit_ts)
         site = self.site
-        self._source = {"site": site.site_id, "db": site.database, "schema": "", "table": "",
-                        "xid": msg.xid, "commit_lsn": msg.final_lsn, "seq": 0,
-                        "commit_ts": self._commit_ts, "snapshot": False}
+        self._open = True
+        self._tx_prefix = text(site.site_id) + text(site.database)
+        self._tx_middle = zigzag(msg.xid) + zigzag(msg.final_lsn)
+        self._tx_suffix = zigzag(self._commit_ts) + b"\x00"  # snapshot: false
         return [(CONTROL_KEY, self._begin.encode({
             "site": site.site_id, "system_id": site.system_id, "timeline": site.timeline,
             "slot": site.slot, "db": site.database, "xid": msg.xid,
             "commit_lsn": msg.final_lsn, "commit_ts": self._commit_ts}))]
 
     def _commit_tx(self, msg: Commit) -> list[Record]:
-        if self._source is None:
+        if not self._open:
             raise DecodeError(f"Commit at {msg.commit_lsn:X} outside a transaction")
-        self._source = None
+        self._open = False
         return [(CONTROL_KEY, self._commit.encode({
             "site": self.site.site_id, "xid": self._xid, "commit_lsn": msg.commit_lsn,
             "end_lsn": msg.end_lsn, "commit_ts": self._commit_ts, "changes": self._seq}))]
 
-    def _src(self, info: TableInfo) -> dict[str, Any]:
-        base = self._source
-        if base is None:
-            raise SchemaError(f"{info.qualified}: change outside a transaction")
-        src = dict(base)
-        src["schema"] = info.schema
-        src["table"] = info.table
-        src["seq"] = self._seq
-        self._seq += 1
-        return src
+    def _envelope(self, codec: _TableCodec, before: bytes | None, after: bytes | None,
+                  op: str, toast: list[str] | None = None) -> bytes:
+        """The value record; ``before``/``after`` are encoded rows or None."""
+        if not self._open:
+            raise DecodeError(f"{codec.info.qualified}: change outside a transaction")
+        seq = self._seq
+        self._seq = seq + 1
+        return b"".join((
+            codec.value.header,
+            NULL if before is None else BRANCH1 + before,
+            NULL if after is None else BRANCH1 + after,
+            OP_BYTES[op],
+            self._tx_prefix, codec.name_bytes, self._tx_middle, zigzag(seq), self._tx_suffix,
+            toast_array(toast) if toast else NULL,
+        ))
 
     def _insert(self, msg: Insert) -> list[Record]:
         codec = self._codec(msg.relation_oid)
-        after = codec.row(msg.new)
-        value = codec.value.encode({"before": None, "after": after, "op": "c",
-                                    "source": self._src(codec.info), "unchanged_toast": []})
-        return [(codec.key_record(after), value)]
+        value = self._envelope(codec, None, codec.rows.row(msg.new), "c")
+        return [(codec.key_record(msg.new), value)]
 
     def _update(self, msg: Update) -> list[Record]:
         codec = self._codec(msg.relation_oid)
         toast: list[str] = []
-        after = codec.row(msg.new, toast)
-        before = codec.row(msg.old) if msg.old is not None else None
-        key = codec.key_record(after)
-        value = codec.value.encode({"before": before, "after": after, "op": "u",
-                                    "source": self._src(codec.info), "unchanged_toast": toast})
-        records: list[Record] = [(key, value)]
-        if before is not None:
-            old_key = codec.key_record(before)
+        after = codec.rows.row(msg.new, toast)
+        old = msg.old
+        before = codec.rows.row(old) if old is not None else None
+        key = codec.key_record(msg.new)
+        records: list[Record] = [(key, self._envelope(codec, before, after, "u", toast))]
+        if old is not None:
+            old_key = codec.key_record(old)
             if old_key != key:
                 records.append((old_key, None))  # the old identity is gone: compaction forgets it
         return records
 
     def _delete(self, msg: Delete) -> list[Record]:
         codec = self._codec(msg.relation_oid)
-        before = codec.row(msg.old)
-        key = codec.key_record(before)
-        value = codec.value.encode({"before": before, "after": None, "op": "d",
-                                    "source": self._src(codec.info), "unchanged_toast": []})
+        key = codec.key_record(msg.old)
+        value = self._envelope(codec, codec.rows.row(msg.old), None, "d")
         return [(key, value), (key, None)]
 
     def _truncate(self, msg: Truncate) -> list[Record]:
         records: list[Record] = []
         for oid in msg.relation_oids:
             codec = self._codec(oid)
-            info = codec.info
-            key = codec.key.encode({"schema": info.schema, "table": info.table, "key": None})
-            records.append((key, codec.value.encode({
-                "before": None, "after": None, "op": "t", "source": self._src(info),
-                "unchanged_toast": []})))
+            key = codec.key_prefix + NULL
+            records.append((key, self._envelope(codec, None, None, "t")))
         return records
 
 

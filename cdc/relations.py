@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from cdc.errors import SchemaError
 from cdc.pgoutput import Relation
 from cdc.values import TypeLookup, column_type
+
+KeyLookup = Callable[[int], "tuple[str, ...] | None"]
+"""Relation OID -> its primary key column names from the site catalog, or None."""
 
 _AVRO_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -58,16 +62,34 @@ class TableInfo:
     def key_columns(self) -> tuple[ColumnInfo, ...]:
         return tuple(c for c in self.columns if c.is_key)
 
+    @property
+    def nullable_key(self) -> bool:
+        """REPLICA IDENTITY FULL without a primary key: the whole row is the key, NULLs included."""
+        return self.replica_identity == "f" and len(self.key_columns) == len(self.columns)
 
-def table_info(rel: Relation, lookup: TypeLookup | None) -> TableInfo:
+
+def _key_names(rel: Relation, key_lookup: KeyLookup | None) -> set[str]:
+    """The row identity: the replica identity columns pgoutput flags, except for REPLICA
+    IDENTITY FULL, where pgoutput flags every column: then the primary key, when there is one."""
+    flagged = {c.name for c in rel.columns if c.is_key}
+    if rel.replica_identity == "f" and key_lookup is not None:
+        primary = key_lookup(rel.oid)
+        if primary and set(primary) <= {c.name for c in rel.columns}:
+            return set(primary)
+    return flagged
+
+
+def table_info(rel: Relation, lookup: TypeLookup | None,
+               key_lookup: KeyLookup | None = None) -> TableInfo:
     """Describe a Relation message's table, naming each column's exact type."""
+    keys = _key_names(rel, key_lookup)
     columns = []
     for index, col in enumerate(rel.columns):
         where = f"{rel.namespace}.{rel.name}.{col.name}"
         ctype = column_type(col.type_oid, col.type_modifier, lookup, where)
         columns.append(ColumnInfo(
             name=col.name, field=avro_field_name(col.name, index), sql_type=ctype.sql,
-            kind=ctype.kind, is_key=col.is_key, type_oid=col.type_oid,
+            kind=ctype.kind, is_key=col.name in keys, type_oid=col.type_oid,
             type_modifier=col.type_modifier))
     fields = [c.field for c in columns]
     if len(set(fields)) != len(fields):
@@ -79,12 +101,14 @@ def table_info(rel: Relation, lookup: TypeLookup | None) -> TableInfo:
 class RelationCache:
     """Relation OID -> the latest TableInfo the stream sent for it."""
 
-    def __init__(self, lookup: TypeLookup | None = None) -> None:
+    def __init__(self, lookup: TypeLookup | None = None,
+                 key_lookup: KeyLookup | None = None) -> None:
         self._lookup = lookup
+        self._key_lookup = key_lookup
         self._tables: dict[int, TableInfo] = {}
 
     def update(self, rel: Relation) -> TableInfo:
-        info = table_info(rel, self._lookup)
+        info = table_info(rel, self._lookup, self._key_lookup)
         self._tables[rel.oid] = info
         return info
 

@@ -153,3 +153,14 @@ def type_lookup(conn: psycopg.Connection):  # -> cdc.values.TypeLookup
         return cache[key]
 
     return lookup
+
+
+def primary_key_lookup(conn: psycopg.Connection):  # -> cdc.relations.KeyLookup
+    """Primary key column names by relation OID, for REPLICA IDENTITY FULL tables."""
+    def lookup(oid: int) -> tuple[str, ...] | None:
+        rows = conn.execute(
+            "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
+            " AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::oid AND i.indisprimary"
+            " ORDER BY array_position(i.indkey::int2[], a.attnum)", (oid,)).fetchall()
+        return tuple(r[0] for r in rows) or None
+    return lookup

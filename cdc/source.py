@@ -28,7 +28,9 @@ from cdc.pgoutput import Commit, decode_frame, decode_message
 from cdc.producer import EventProducer
 from cdc.progress import SourceProgress
 from cdc.schema_store import SchemaPublisher
-from cdc.slots import ensure_publication, ensure_slot, list_tables, type_lookup
+from cdc.slots import (
+    ensure_publication, ensure_slot, list_tables, primary_key_lookup, type_lookup,
+)
 from cdc.stream import ReplicationStream, identify_system, open_replication
 from cdc.topics import ensure_topic
 
@@ -98,7 +100,8 @@ class Source:
             publisher = SchemaPublisher(kafka)
             identity = SiteIdentity(site.id, system.system_id, system.timeline, slot.name,
                                     system.database)
-            builder = EventBuilder(identity, type_lookup(conn), on_new_schema=publisher.publish)
+            builder = EventBuilder(identity, type_lookup(conn), on_new_schema=publisher.publish,
+                                   key_lookup=primary_key_lookup(conn))
             progress = SourceProgress(slot.confirmed_flush_lsn)
             producer = EventProducer(kafka, topic, progress)
             stream = ReplicationStream(repl, slot.name, site.publication, slot.confirmed_flush_lsn)

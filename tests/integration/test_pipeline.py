@@ -21,12 +21,15 @@ SCHEMA = [
     " value double precision, quality smallint, PRIMARY KEY (device_id, ts))",
     "CREATE TABLE settings (key text PRIMARY KEY, value text, blob text)",
     "ALTER TABLE settings ALTER COLUMN blob SET STORAGE EXTERNAL",
+    "CREATE TABLE tags (device_id int, tag text, note text, PRIMARY KEY (device_id, tag))",
+    "ALTER TABLE tags REPLICA IDENTITY FULL",  # every column flagged as key; the PK is the key
     MARKER_DDL,
 ]
 TABLES = {
     "public.devices": ["id", "name", "firmware", "installed", "updated_at"],
     "public.readings": ["device_id", "ts", "value", "quality"],
     "public.settings": ["key", "value", "blob"],
+    "public.tags": ["device_id", "tag", "note"],
 }
 SEED = [
     "INSERT INTO devices (id, name, firmware, installed)"
@@ -37,6 +40,7 @@ SEED = [
     "INSERT INTO settings SELECT 'k' || g, 'value ' || g,"
     " (SELECT string_agg(md5(g::text || i::text), '') FROM generate_series(1, 400) i)"
     " FROM generate_series(1, 5) g",
+    "INSERT INTO tags SELECT g, 'zone', NULL FROM generate_series(1, 10) g",
 ]
 TIMEOUT = 90
 
@@ -122,6 +126,9 @@ def test_two_sites_same_keys_mixed_workload(pipeline_factory: Callable[..., Pipe
             "DELETE FROM readings WHERE device_id = 5",
             "DELETE FROM devices WHERE id = 5",
             "UPDATE settings SET value = 'changed' WHERE key = 'k1'",  # blob: unchanged TOAST
+            "UPDATE tags SET note = 'north' WHERE device_id < 4",
+            "UPDATE tags SET tag = 'area' WHERE device_id = 9",
+            "DELETE FROM tags WHERE device_id = 8",
             "BEGIN; INSERT INTO devices VALUES (50, 'new', NULL, NULL, now());"
             " UPDATE devices SET name = 'renamed' WHERE id = 50;"
             " DELETE FROM devices WHERE id = 6; INSERT INTO devices VALUES (6, 'back', 'v9', NULL);"
