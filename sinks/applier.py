@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from cdc.errors import ApplyError
-from sinks import sql as q
+from sinks import copy_text, sql as q
 from sinks.batcher import Delete, Patch, Step, Truncate, Upsert
 from sinks.changes import ColumnDef
 from sinks.tables import CloudTables, Target
@@ -83,9 +83,14 @@ class Applier:
         fields = [c.field for c in columns]
         with self.conn.cursor() as cur:
             with cur.copy(q.copy_stage(stage, self.site_column, columns)) as copy:
-                write = copy.write_row
+                batch: list[dict[str, Any]] = []
                 for row in rows:
-                    write([site_id] + [row[f] for f in fields])
+                    batch.append(row)
+                    if len(batch) >= 5000:
+                        copy.write(copy_text.lines(site_id, batch, fields))
+                        batch = []
+                if batch:
+                    copy.write(copy_text.lines(site_id, batch, fields))
 
     def _upsert(self, site_id: str, target: Target, step: Upsert) -> None:
         columns = list(target.columns)

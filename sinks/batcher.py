@@ -168,7 +168,7 @@ Step = Upsert | Delete | Patch | Truncate
 
 
 def _key(version: TableVersion, row: dict[str, Any]) -> tuple:
-    return tuple(row[c.field] for c in version.key_columns)
+    return tuple([row[f] for f in version.key_fields])
 
 
 def plan(changes: list[Change]) -> list[Step]:

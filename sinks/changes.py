@@ -7,7 +7,7 @@ event, tied to its table version.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cdc.avro import Codec
@@ -30,14 +30,17 @@ class TableVersion:
     schema: str
     table: str
     columns: tuple[ColumnDef, ...]
+    key_columns: tuple[ColumnDef, ...] = field(default=(), compare=False)
+    key_fields: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        keys = tuple(c for c in self.columns if c.is_key)
+        object.__setattr__(self, "key_columns", keys)
+        object.__setattr__(self, "key_fields", tuple(c.field for c in keys))
 
     @property
     def qualified(self) -> str:
         return f"{self.schema}.{self.table}"
-
-    @property
-    def key_columns(self) -> tuple[ColumnDef, ...]:
-        return tuple(c for c in self.columns if c.is_key)
 
     @classmethod
     def from_codec(cls, codec: Codec) -> "TableVersion":

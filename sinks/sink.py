@@ -31,7 +31,8 @@ from cdc.topics import client_config, kafka_error_logger
 from sinks import progress_store
 from sinks.applier import Applier
 from sinks.batcher import SiteStream, plan
-from sinks.changes import Change, TableVersion
+from sinks.changes import TableVersion
+from sinks.decoding import EnvelopeDecoder
 from sinks.tables import CloudTables
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class Sink:
         self.stop = stop or threading.Event()
         self.stats = SinkStats()
         self.registry = SchemaRegistry(config.kafka)
-        self._versions: dict[int, TableVersion] = {}
+        self._decoders: dict[int, EnvelopeDecoder] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
     def run(self) -> None:
@@ -147,12 +148,6 @@ class Sink:
         self.big = None
 
     # -- records -------------------------------------------------------------------------------
-    def _version(self, codec_fp: int, codec: Any) -> TableVersion:
-        version = self._versions.get(codec_fp)
-        if version is None:
-            version = self._versions[codec_fp] = TableVersion.from_codec(codec)
-        return version
-
     def _ingest(self, msg: Any) -> None:
         key = (msg.topic(), msg.partition())
         stream = self.streams.get(key)
@@ -163,30 +158,35 @@ class Sink:
         if value is None:
             stream.other(offset)
             return
+        fp = read_fingerprint(value, "")
+        decoder = self._decoders.get(fp)
+        if decoder is not None:
+            change, site = decoder.decode(value)
+            if site != stream.site_id:
+                raise ApplyError(f"{msg.topic()}[{msg.partition()}]@{offset}: event of site "
+                                 f"{site!r} on the topic of site {stream.site_id!r}; refusing it")
+            stream.change(change, offset)
+            return
         where = f"{msg.topic()}[{msg.partition()}]@{offset}"
-        fp = read_fingerprint(value, where)
         codec = self.registry.get(fp, where)
         kind = codec.kind
-        rec = codec.decode_body(value)
         if kind == "change":
-            src = rec["source"]
-            if src["site"] != stream.site_id:
-                raise ApplyError(f"{where}: event of site {src['site']!r} on the topic of site "
-                                 f"{stream.site_id!r}; refusing to apply it")
-            change = Change(self._version(fp, codec), rec["op"], rec["before"], rec["after"],
-                            rec["unchanged_toast"])
-            stream.change(change, offset)
-        elif kind == "begin":
+            self._decoders[fp] = EnvelopeDecoder(codec, TableVersion.from_codec(codec))
+            self._ingest(msg)
+            return
+        rec = codec.decode_body(value)
+        if kind == "begin":
             if rec["site"] != stream.site_id:
                 raise ApplyError(f"{where}: transaction of site {rec['site']!r} on the topic of "
                                  f"site {stream.site_id!r}; refusing to apply it")
             rec["commit_ts"] = progress_store.datetime_to_us(rec["commit_ts"])
-            if stream.begin(rec, offset) and self.big == key:
-                log.warning("transaction cut short by a source restart; applying it again",
+            if stream.begin(rec, offset):
+                log.warning("transaction cut short by a source restart; it follows again in full",
                             extra={"site": stream.site_id, "offset": offset})
-                self.conn.rollback()
-                self.applier.forget()
-                self._resume_others()
+                if self.big == key:  # its first part is in the open cloud transaction
+                    self.conn.rollback()
+                    self.applier.forget()
+                    self._resume_others()
         elif kind == "commit":
             stream.commit(rec, offset)
             if stream.open is None and self.big == key:
