@@ -54,87 +54,85 @@ def boolean(value: bool) -> bytes:
     return b"\x01" if value else b"\x00"
 
 
-def _enc_string(raw: bytes) -> bytes:
-    n = len(raw)
-    return (_SMALL[n << 1] if n < 64 else zigzag(n)) + raw
-
-
-def _enc_long(raw: bytes) -> bytes:
-    return zigzag(int(raw))
-
-
-def _enc_double(raw: bytes) -> bytes:
-    return _DOUBLE(float(raw))
-
-
-def _enc_float(raw: bytes) -> bytes:
-    return _FLOAT(float(raw))
-
-
-def _enc_bool(raw: bytes) -> bytes:
-    return b"\x01" if raw == b"t" else b"\x00"
-
-
-#: text bytes -> Avro encoding of the non-null value, per kind
-RAW_ENCODERS: dict[str, Callable[[bytes], bytes]] = {
-    KIND_STRING: _enc_string, KIND_INT: _enc_long, KIND_LONG: _enc_long,
-    KIND_DOUBLE: _enc_double, KIND_FLOAT: _enc_float, KIND_BOOLEAN: _enc_bool,
+_INLINE = {
+    # per kind: source lines computing e{i} (the value's Avro bytes) from raw text bytes v{i}
+    KIND_STRING: "n = len(v{i}); e{i} = (_SMALL[n << 1] if n < 64 else zigzag(n)) + v{i}",
+    KIND_INT: "e{i} = zigzag(int(v{i}))",
+    KIND_LONG: "e{i} = zigzag(int(v{i}))",
+    KIND_DOUBLE: "e{i} = _DOUBLE(float(v{i}))",
+    KIND_FLOAT: "e{i} = _FLOAT(float(v{i}))",
+    KIND_BOOLEAN: "e{i} = b'\\x01' if v{i} == b't' else b'\\x00'",
 }
 
 
 class RowEncoder:
-    """Encodes one table version's tuples: rows (all columns nullable) and keys (key columns)."""
+    """Encodes one table version's tuples: rows (all columns nullable) and keys (key columns).
 
-    __slots__ = ("encoders", "fields", "key_positions", "where", "nullable_key")
+    The per-column work is compiled once per table version into one straight-line function
+    (no loop, no per-column call): this is the source's innermost loop.
+    """
+
+    __slots__ = ("fields", "key_positions", "where", "nullable_key", "row_key", "_n")
 
     def __init__(self, kinds: list[str], fields: list[str], key_positions: list[int],
                  where: str, nullable_key: bool = False) -> None:
-        self.encoders = tuple(RAW_ENCODERS[k] for k in kinds)
         self.fields = tuple(fields)
         self.key_positions = tuple(key_positions)
         self.where = where
         self.nullable_key = nullable_key
+        self._n = len(kinds)
+        unknown = [k for k in kinds if k not in _INLINE]
+        if unknown:
+            raise DecodeError(f"{where}: no Avro encoding for column kinds {unknown}")
+        self.row_key = self._compile(kinds)
 
-    def row(self, values: tuple, toast: list[str] | None = None) -> bytes:
-        """The Row record, each column a [null, T] union. Unchanged TOAST -> null, listed."""
-        parts = []
-        append = parts.append
-        encoders = self.encoders
-        if len(values) != len(encoders):
-            raise DecodeError(f"{self.where}: tuple has {len(values)} columns, the relation "
-                              f"{len(encoders)}")
-        for i, raw in enumerate(values):
-            if type(raw) is bytes:
-                append(BRANCH1)
-                append(encoders[i](raw))
-            elif raw is None:
-                append(NULL)
-            else:
-                self._unusual(raw, i, toast)
-                append(NULL)
-        return b"".join(parts)
+    def _compile(self, kinds: list[str]) -> Callable[[tuple, list[str] | None], tuple[bytes, bytes]]:
+        """``row_key(values, toast) -> (Row record, KeyRow record)`` for this table version."""
+        n = len(kinds)
+        names = ", ".join(f"v{i}" for i in range(n)) + ("," if n == 1 else "")
+        lines = [f"def row_key(values, toast=None):",
+                 f"    if len(values) != {n}:",
+                 f"        _wrong_width(values)",
+                 f"    {names} = values"]
+        for i, kind in enumerate(kinds):
+            lines += [f"    if type(v{i}) is bytes:",
+                      f"        {_INLINE[kind].format(i=i)}",
+                      f"        p{i} = b'\\x02' + e{i}",
+                      f"    else:",
+                      f"        p{i} = _unusual(v{i}, {i}, toast)",
+                      f"        e{i} = None"]
+        row = " + ".join(f"p{i}" for i in range(n)) or "b''"
+        if self.nullable_key:
+            key = "row"
+        else:
+            checks = [f"    if e{i} is None:\n        _null_key({i}, v{i})" for i in self.key_positions]
+            lines += checks
+            key = " + ".join(f"e{i}" for i in self.key_positions) or "b''"
+        lines += [f"    row = {row}", f"    return row, {key}"]
+        scope = {"_SMALL": _SMALL, "zigzag": zigzag, "_DOUBLE": _DOUBLE, "_FLOAT": _FLOAT,
+                 "_unusual": self._unusual, "_wrong_width": self._wrong_width,
+                 "_null_key": self._null_key}
+        exec("\n".join(lines), scope)  # noqa: S102 - generated from column kinds only
+        return scope["row_key"]  # type: ignore[no-any-return]
 
-    def _unusual(self, raw: object, index: int, toast: list[str] | None) -> None:
+    def _wrong_width(self, values: tuple) -> None:
+        raise DecodeError(f"{self.where}: tuple has {len(values)} columns, the relation {self._n}")
+
+    def _unusual(self, raw: object, index: int, toast: list[str] | None) -> bytes:
+        """NULL, unchanged TOAST (listed, sent as NULL) or a value the source cannot send."""
+        if raw is None:
+            return NULL
         field = self.fields[index]
         if raw is UNCHANGED_TOAST:
             if toast is None:
                 raise DecodeError(f"{self.where}.{field}: unchanged-TOAST marker outside an update")
             toast.append(field)
-            return
+            return NULL
         raise DecodeError(f"{self.where}.{field}: binary column value; the source streams text")
 
-    def key(self, values: tuple) -> bytes:
-        """The KeyRow record: key columns, not nullable (but for a whole-row identity)."""
-        if self.nullable_key:
-            return self.row(values)
-        parts = []
-        for i in self.key_positions:
-            raw = values[i]
-            if type(raw) is not bytes:
-                raise DecodeError(f"{self.where}.{self.fields[i]}: key column without a value "
-                                  f"({'NULL' if raw is None else raw!r})")
-            parts.append(self.encoders[i](raw))
-        return b"".join(parts)
+    def _null_key(self, index: int, raw: object) -> None:
+        raise DecodeError(f"{self.where}.{self.fields[index]}: key column without a value "
+                          f"({'NULL' if raw is None else raw!r})")
 
 
 def toast_array(fields: list[str]) -> bytes:

@@ -54,9 +54,6 @@ class _TableCodec:
         self.name_bytes = text(info.schema) + text(info.table)
         self.key_prefix = self.key.header + self.name_bytes
 
-    def key_record(self, values: tuple) -> bytes:
-        return self.key_prefix + BRANCH1 + self.rows.key(values)
-
 
 class EventBuilder:
     """Feeds on decoded pgoutput messages of one site, returns the records to publish."""
@@ -171,28 +168,29 @@ class EventBuilder:
 
     def _insert(self, msg: Insert) -> list[Record]:
         codec = self._codec(msg.relation_oid)
-        value = self._envelope(codec, None, codec.rows.row(msg.new), "c")
-        return [(codec.key_record(msg.new), value)]
+        row, key = codec.rows.row_key(msg.new, None)
+        return [(codec.key_prefix + BRANCH1 + key, self._envelope(codec, None, row, "c"))]
 
     def _update(self, msg: Update) -> list[Record]:
         codec = self._codec(msg.relation_oid)
         toast: list[str] = []
-        after = codec.rows.row(msg.new, toast)
+        after, key = codec.rows.row_key(msg.new, toast)
+        key = codec.key_prefix + BRANCH1 + key
         old = msg.old
-        before = codec.rows.row(old) if old is not None else None
-        key = codec.key_record(msg.new)
-        records: list[Record] = [(key, self._envelope(codec, before, after, "u", toast))]
+        before = old_key = None
         if old is not None:
-            old_key = codec.key_record(old)
-            if old_key != key:
-                records.append((old_key, None))  # the old identity is gone: compaction forgets it
+            before, old_key = codec.rows.row_key(old, None)
+            old_key = codec.key_prefix + BRANCH1 + old_key
+        records: list[Record] = [(key, self._envelope(codec, before, after, "u", toast))]
+        if old_key is not None and old_key != key:
+            records.append((old_key, None))  # the old identity is gone: compaction forgets it
         return records
 
     def _delete(self, msg: Delete) -> list[Record]:
         codec = self._codec(msg.relation_oid)
-        key = codec.key_record(msg.old)
-        value = self._envelope(codec, codec.rows.row(msg.old), None, "d")
-        return [(key, value), (key, None)]
+        before, key = codec.rows.row_key(msg.old, None)
+        key = codec.key_prefix + BRANCH1 + key
+        return [(key, self._envelope(codec, before, None, "d")), (key, None)]
 
     def _truncate(self, msg: Truncate) -> list[Record]:
         records: list[Record] = []

@@ -11,6 +11,7 @@ Pure: bytes in, values out.
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import Any
 
@@ -23,6 +24,10 @@ _PRIMITIVE = {"string": _STRING, "int": _LONG, "long": _LONG, "double": _DOUBLE,
               "float": _FLOAT, "boolean": _BOOL}
 _D = struct.Struct("<d").unpack_from
 _F = struct.Struct("<f").unpack_from
+
+
+_OP_BY_BYTE = {2 * i: op for i, op in enumerate(OPS)}
+_FOUR_LONGS = re.compile(rb"(?:[\x80-\xff]*[\x00-\x7f]){4}", re.DOTALL).match
 
 
 def _long(buf: bytes, pos: int) -> tuple[int, int]:
@@ -62,6 +67,39 @@ class EnvelopeDecoder:
             kinds.append(kind)
         self.fast = all(k is not None for k in kinds) and self._layout_is_ours(codec.schema)
         self.columns = tuple(zip(self.fields, kinds))
+        self._source_prefix = b""
+        self._site = ""
+        if self.fast:
+            self._row = self._compile(kinds)  # type: ignore[method-assign]
+
+    def _compile(self, kinds: list[int | None]) -> Any:
+        """A straight-line reader of this version's Row record (no per-column loop)."""
+        lines = ["def row(buf, pos):"]
+        for i, kind in enumerate(kinds):
+            lines += [f"    b = buf[pos]", f"    pos += 1",
+                      f"    if b == 0:", f"        c{i} = None",
+                      f"    elif b != 2:", f"        _bad_branch(b, {i})", f"    else:"]
+            if kind == _STRING:
+                lines += ["        n = buf[pos]",
+                          "        if n < 0x80:", "            n >>= 1", "            pos += 1",
+                          "        else:", "            n, pos = _long(buf, pos)",
+                          f"        c{i} = buf[pos:pos + n].decode()", "        pos += n"]
+            elif kind == _LONG:
+                lines += [f"        c{i}, pos = _long(buf, pos)"]
+            elif kind == _DOUBLE:
+                lines += [f"        c{i} = _D(buf, pos)[0]", "        pos += 8"]
+            elif kind == _FLOAT:
+                lines += [f"        c{i} = _F(buf, pos)[0]", "        pos += 4"]
+            else:
+                lines += [f"        c{i} = buf[pos] == 1", "        pos += 1"]
+        pairs = ", ".join(f"{f!r}: c{i}" for i, f in enumerate(self.fields))
+        lines.append(f"    return {{{pairs}}}, pos")
+        scope = {"_long": _long, "_D": _D, "_F": _F, "_bad_branch": self._bad_branch}
+        exec("\n".join(lines), scope)  # noqa: S102 - generated from column kinds and field names
+        return scope["row"]
+
+    def _bad_branch(self, branch: int, index: int) -> None:
+        raise IndexError(f"union branch {branch >> 1} in column {self.fields[index]}")
 
     @staticmethod
     def _layout_is_ours(schema: dict[str, Any]) -> bool:
@@ -78,7 +116,7 @@ class EnvelopeDecoder:
                            rec["unchanged_toast"]), rec["source"]["site"])
         try:
             return self._decode(data)
-        except (IndexError, UnicodeDecodeError, struct.error) as exc:
+        except (IndexError, KeyError, UnicodeDecodeError, struct.error) as exc:
             raise SchemaError(f"{self.version.qualified}: envelope does not match its schema "
                               f"{self.codec.fingerprint:016x}: {exc}") from exc
 
@@ -120,15 +158,27 @@ class EnvelopeDecoder:
             after, pos = self._row(buf, pos + 1)
         else:
             pos += 1
-        op_index, pos = _long(buf, pos)
-        n, pos = _long(buf, pos)
-        site = buf[pos:pos + n].decode()
-        pos += n
-        for _ in range(3):  # db, schema, table
-            pos = _skip_string(buf, pos)
-        for _ in range(4):  # xid, commit_lsn, seq, commit_ts
-            _, pos = _long(buf, pos)
-        pos += 1  # snapshot
+        op = _OP_BY_BYTE[buf[pos]]
+        pos += 1
+        # source block: site, db, schema and table repeat from record to record
+        prefix = self._source_prefix
+        if buf.startswith(prefix, pos) and prefix:
+            pos += len(prefix)
+            site = self._site
+        else:
+            start = pos
+            n, pos = _long(buf, pos)
+            site = buf[pos:pos + n].decode()
+            pos += n
+            for _ in range(3):  # db, schema, table
+                pos = _skip_string(buf, pos)
+            self._source_prefix, self._site = buf[start:pos], site
+        longs = _FOUR_LONGS(buf, pos)  # xid, commit_lsn, seq, commit_ts
+        if longs is None:
+            raise IndexError("source block cut short")
+        pos = longs.end() + 1  # snapshot
+        if buf[pos] == 0 and pos + 1 == len(buf):
+            return Change(self.version, op, before, after, []), site
         toast: list[str] = []
         while True:
             count, pos = _long(buf, pos)
@@ -143,4 +193,4 @@ class EnvelopeDecoder:
                 pos += n
         if pos != len(buf):
             raise IndexError(f"{len(buf) - pos} bytes left over")
-        return Change(self.version, OPS[op_index], before, after, toast), site
+        return Change(self.version, op, before, after, toast), site
