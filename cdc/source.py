@@ -16,14 +16,13 @@ from dataclasses import dataclass
 
 import psycopg
 from confluent_kafka import KafkaException
-from tenacity import (
-    Retrying, before_sleep_log, retry_if_exception_type, stop_never, wait_exponential,
-)
+
 
 from cdc.config import Config
 from cdc.errors import ConnectionLost, DeliveryError, SchemaError
 from cdc.event_builder import EventBuilder, SiteIdentity
 from cdc.lsn import format_lsn
+from cdc.retry import run_with_backoff
 from cdc.pgoutput import Commit, decode_frame, decode_message
 from cdc.producer import EventProducer
 from cdc.progress import SourceProgress
@@ -64,14 +63,7 @@ class Source:
 
     def run(self) -> None:
         """Sessions with exponential backoff on transient failures, until stopped."""
-        retrying = Retrying(
-            retry=retry_if_exception_type(TRANSIENT), wait=wait_exponential(multiplier=0.5, max=30),
-            stop=stop_never, before_sleep=before_sleep_log(log, logging.WARNING), reraise=True,
-            sleep=lambda s: self.stop.wait(s))
-        for attempt in retrying:
-            with attempt:
-                if not self.stop.is_set():
-                    self.session()
+        run_with_backoff(self.session, self.stop, "source session", TRANSIENT)
 
     def _prepare(self, conn: psycopg.Connection) -> None:
         site = self.site

@@ -20,12 +20,12 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
-from tenacity import Retrying, before_sleep_log, retry_if_exception_type, stop_never, wait_exponential
 
 from cdc.avro import read_fingerprint
 from cdc.config import Config
 from cdc.errors import ApplyError, ConnectionLost
 from cdc.lsn import format_lsn
+from cdc.retry import run_with_backoff
 from cdc.schema_store import SchemaRegistry
 from cdc.topics import client_config, kafka_error_logger
 from sinks import progress_store
@@ -64,14 +64,7 @@ class Sink:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def run(self) -> None:
-        retrying = Retrying(
-            retry=retry_if_exception_type(TRANSIENT), wait=wait_exponential(multiplier=0.5, max=30),
-            stop=stop_never, before_sleep=before_sleep_log(log, logging.WARNING), reraise=True,
-            sleep=lambda s: self.stop.wait(s))
-        for attempt in retrying:
-            with attempt:
-                if not self.stop.is_set():
-                    self.session()
+        run_with_backoff(self.session, self.stop, "sink session", TRANSIENT)
 
     def session(self) -> None:
         cfg = self.cfg

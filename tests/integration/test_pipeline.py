@@ -50,16 +50,17 @@ class Pipeline:
 
     def __init__(self, tmp_path: Path, pg_factory: Callable[..., Any], kafka_broker: Any,
                  unique_name: Callable[[str], str], sites: tuple[str, ...] = ("a", "b"),
-                 sink_extra: str = "") -> None:
+                 sink_extra: str = "", cluster_suffix: str = "") -> None:
         self.tmp = tmp_path
         self.prefix = unique_name("t")
         self.kafka = kafka_broker.bootstrap_servers
-        cloud = pg_factory("cloud")
+        self.clusters: dict[str, Any] = {}
+        cloud = self.clusters["cloud"] = pg_factory("cloud" + cluster_suffix)
         self.cloud_dsn = cloud.create_database(unique_name("cloud"))
         self.site_dsn: dict[str, str] = {}
         self.sources: dict[str, Daemon] = {}
         for site in sites:
-            cluster = pg_factory(f"site_{site}")
+            cluster = self.clusters[site] = pg_factory(f"site_{site}{cluster_suffix}")
             dsn = cluster.create_database(unique_name(f"site_{site}"))
             execute(dsn, *SCHEMA)
             self.site_dsn[site] = dsn
@@ -102,8 +103,8 @@ class Pipeline:
 def pipeline_factory(tmp_path: Path, pg_factory: Any, kafka_broker: Any, unique_name: Any):
     made: list[Pipeline] = []
 
-    def make(**kwargs: Any) -> Pipeline:
-        p = Pipeline(tmp_path, pg_factory, kafka_broker, unique_name, **kwargs)
+    def make(broker: Any = None, **kwargs: Any) -> Pipeline:
+        p = Pipeline(tmp_path, pg_factory, broker or kafka_broker, unique_name, **kwargs)
         made.append(p)
         return p
 
@@ -231,6 +232,50 @@ def test_kill9_mid_stream_loses_and_doubles_nothing(
         total = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
     assert total == count(a, "SELECT count(*) FROM readings") > 40000
     p.stop()
+
+
+@pytest.mark.parametrize("server", ["kafka", "cloud database", "site database"])
+def test_server_crash_mid_stream_loses_and_doubles_nothing(
+        pipeline_factory: Callable[..., Pipeline], kafka_libs: Any, tmp_path: Path,
+        server: str) -> None:
+    """kill -9 of a server while changes flow; the daemons retry, resume and end equal."""
+    from devenv.kafka import KafkaBroker
+    broker = KafkaBroker(tmp_path / "kafka", libs=kafka_libs).start()  # ours to crash
+    try:
+        p = pipeline_factory(broker=broker, sites=("a",), cluster_suffix="_crash",
+                             sink_extra="batch_max_changes = 5000").start()
+        a = p.site_dsn["a"]
+        stop = threading.Event()
+        writer = Writer(a, transactions=120, rows=300, stop=stop)
+        try:
+            wait_until(lambda: writer.error is not None
+                       or count(p.cloud_dsn, "SELECT count(*) FROM readings") > 3000,
+                       TIMEOUT, "rows to flow", p.daemons)
+            if server == "kafka":
+                broker.kill9()
+                time.sleep(3)
+                broker.start()
+            elif server == "cloud database":
+                p.clusters["cloud"].kill9()
+                time.sleep(2)
+                p.clusters["cloud"].start()
+            else:
+                writer.join(TIMEOUT)  # the writer's connection dies with the site server
+                p.clusters["a"].kill9()
+                time.sleep(2)
+                p.clusters["a"].start()
+                execute(a, "INSERT INTO readings VALUES (999, now(), 1, 1)")
+            writer.join(TIMEOUT)
+            assert not writer.is_alive() and writer.error is None, writer.error
+        finally:
+            stop.set()
+        p.sync("a")
+        p.assert_equal("a")
+        assert count(p.cloud_dsn, "SELECT count(*) FROM readings") == \
+            count(a, "SELECT count(*) FROM readings") > 30000
+        p.stop()
+    finally:
+        broker.stop()
 
 
 def test_large_transaction_streams_through(pipeline_factory: Callable[..., Pipeline]) -> None:

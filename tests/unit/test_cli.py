@@ -82,5 +82,5 @@ def test_unreachable_database_is_retried_with_backoff_not_a_crash(tmp_path: Path
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=30)[0].decode()
     assert proc.returncode == 0, out
-    retries = [line for line in out.splitlines() if "Retrying" in line]
+    retries = [line for line in out.splitlines() if "interrupted; retrying in" in line]
     assert len(retries) >= 2 and "cannot connect" in out, out
