@@ -1,0 +1,1 @@
+"""Benchmarks: one-command measurements on real servers (not tests; see benchmarks/README.md)."""
