@@ -104,7 +104,6 @@ class Sink:
     # -- assignment ----------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._rollback()
-        self.conn.rollback()
         offsets = progress_store.load_offsets(self.conn, self.cfg.group_id)
         sites = progress_store.load_sites(self.conn)
         self.conn.rollback()
@@ -118,6 +117,8 @@ class Sink:
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self.big is None:
+            self._flush()  # keep the whole transactions already read; the rest is read again
         self._rollback()
         for tp in partitions:
             self.streams.pop((tp.topic, tp.partition), None)
@@ -133,10 +134,6 @@ class Sink:
         except psycopg.Error:
             pass
         self.applier.forget()
-        for stream in self.streams.values():
-            stream.open = None
-            stream.done, stream.done_tx = [], None
-            stream.next_offset = None
         self.streams.clear()
         self.big = None
 
