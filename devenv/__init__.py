@@ -152,8 +152,50 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc; empty elsewhere)."""
+    found = []
+    if not sys.platform.startswith("linux"):
+        return found
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 1 and int(fields[1]) == pid and fields[0] != b"Z":
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:][:1] != b"Z"
+
+
 def _kill_group(proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    """SIGKILL the process group led by ``proc`` and wait until it is gone."""
+    """SIGKILL ``proc``, its process group and its direct children, and wait until all are gone.
+
+    PostgreSQL's backends each call setsid(), so they are not in the postmaster's group: the
+    postmaster is stopped first (no new children), then its children and it are killed.
+    """
+    try:
+        os.kill(proc.pid, signal.SIGSTOP)
+    except (ProcessLookupError, PermissionError):
+        pass
+    children = _children(proc.pid)
+    for child in children:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -163,7 +205,8 @@ def _kill_group(proc: subprocess.Popen, timeout: float = 15.0) -> None:
     except subprocess.TimeoutExpired:  # pragma: no cover - kernel trouble
         pass
     deadline = time.monotonic() + timeout
-    while _group_alive(proc.pid) and time.monotonic() < deadline:
+    while (_group_alive(proc.pid) or any(_alive(c) for c in children)) \
+            and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
