@@ -59,13 +59,14 @@ class SiteStream:
         self.applied = applied  # what the cloud holds (committed)
         self.open: _OpenTx | None = None
         self.done: list[Change] = []  # changes of complete transactions, not yet applied
-        self.done_tx: AppliedTx | None = None  # last complete transaction, not yet applied
+        self.done_tx: AppliedTx | None = None  # last complete transaction, not yet handed out
+        self.inflight_tx: AppliedTx | None = None  # handed out, its cloud commit not yet seen
         self.next_offset: int | None = None  # offset to resume from after the last boundary
         self.skipped = 0  # transactions skipped as already applied
 
     @property
     def last_tx(self) -> AppliedTx | None:
-        return self.done_tx or self.applied
+        return self.done_tx or self.inflight_tx or self.applied
 
     def begin(self, rec: dict[str, Any], offset: int) -> bool:
         """A Begin record. Returns True when it cut short an open transaction."""
@@ -119,16 +120,20 @@ class SiteStream:
         changes, self.open.changes = self.open.changes, []
         return changes
 
-    def take_done(self) -> tuple[list[Change], AppliedTx | None]:
-        changes, tx = self.done, self.done_tx
-        self.done = []
-        return changes, tx
+    def take_done(self) -> tuple[list[Change], AppliedTx | None, int | None]:
+        """Hand out the complete transactions: their changes, the last one, the resume offset."""
+        changes, tx, offset = self.done, self.done_tx, self.next_offset
+        self.done, self.done_tx, self.next_offset = [], None, None
+        if tx is not None:
+            self.inflight_tx = tx
+        return changes, tx, offset
 
-    def committed(self) -> None:
-        """The cloud committed what take_done handed out."""
-        if self.done_tx is not None:
-            self.applied = self.done_tx
-            self.done_tx = None
+    def committed(self, tx: AppliedTx | None) -> None:
+        """The cloud committed what a take_done handed out (``tx`` its last transaction)."""
+        if tx is not None:
+            self.applied = tx
+            if self.inflight_tx is tx:
+                self.inflight_tx = None
 
     @property
     def pending(self) -> int:

@@ -13,10 +13,11 @@ to the stored offsets, so a rebalance or a crash resumes exactly where the cloud
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -30,7 +31,7 @@ from cdc.schema_store import SchemaRegistry
 from cdc.topics import client_config, kafka_error_logger
 from sinks import progress_store
 from sinks.applier import Applier
-from sinks.batcher import SiteStream, plan
+from sinks.batcher import AppliedTx, SiteStream, Step, plan
 from sinks.changes import TableVersion
 from sinks.decoding import EnvelopeDecoder
 from sinks.tables import CloudTables
@@ -48,6 +49,68 @@ class SinkStats:
     batches: int = 0
     skipped: int = 0
     last_commit_ts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Part:
+    """One partition's share of a cloud transaction."""
+
+    topic: str
+    partition: int
+    stream: SiteStream
+    steps: list[Step]
+    changes: int
+    tx: AppliedTx | None
+    next_offset: int | None
+
+
+class _ApplyWorker(threading.Thread):
+    """Applies batches on the cloud connection while the main thread reads the next one.
+
+    At most one batch waits (bounded memory); the main thread touches the connection only after
+    :meth:`drain`. A failure is kept and raised in the main thread.
+    """
+
+    def __init__(self, apply_batch: Callable[[list[_Part]], None]) -> None:
+        super().__init__(name="tributary-apply", daemon=True)
+        self._apply = apply_batch
+        self._jobs: queue.Queue[list[_Part] | None] = queue.Queue(maxsize=1)
+        self.finished: queue.SimpleQueue[list[_Part]] = queue.SimpleQueue()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                if self.error is None:
+                    self._apply(job)
+                    self.finished.put(job)
+            except BaseException as exc:  # handed to the main thread by check()
+                self.error = exc
+            finally:
+                self._jobs.task_done()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, job: list[_Part]) -> None:
+        self.check()
+        self._jobs.put(job)
+
+    def drain(self) -> None:
+        """Wait until every submitted batch is committed (or failed)."""
+        self._jobs.join()
+        self.check()
+
+    def close(self) -> None:
+        try:
+            self._jobs.put(None, timeout=30)
+        except queue.Full:
+            return  # stuck on the connection: it is a daemon thread, the process is ending
+        self.join(30)
 
 
 class Sink:
@@ -91,9 +154,14 @@ class Sink:
                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
             log.info("consuming", extra={"pattern": self.kafka.site_topic_pattern,
                                          "group": cfg.group_id})
+            self.worker = _ApplyWorker(self._apply_batch)
+            self.worker.start()
             self._loop()
-            self._flush(final=True)
+            self._flush()
+            self._drain()
         finally:
+            if getattr(self, "worker", None) is not None:
+                self.worker.close()
             if consumer is not None:
                 try:
                     consumer.close()
@@ -103,6 +171,7 @@ class Sink:
 
     # -- assignment ----------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._drain()
         self._rollback()
         offsets = progress_store.load_offsets(self.conn, self.cfg.group_id)
         sites = progress_store.load_sites(self.conn)
@@ -119,6 +188,7 @@ class Sink:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self.big is None:
             self._flush()  # keep the whole transactions already read; the rest is read again
+        self._drain()
         self._rollback()
         for tp in partitions:
             self.streams.pop((tp.topic, tp.partition), None)
@@ -174,6 +244,7 @@ class Sink:
                 log.warning("transaction cut short by a source restart; it follows again in full",
                             extra={"site": stream.site_id, "offset": offset})
                 if self.big == key:  # its first part is in the open cloud transaction
+                    self._drain()
                     self.conn.rollback()
                     self.applier.forget()
                     self._resume_others()
@@ -198,6 +269,7 @@ class Sink:
                         continue
                     raise KafkaException(err)
                 self._ingest(msg)
+            self._collect()
             if self.big is not None:
                 stream = self.streams.get(self.big)
                 if stream is not None and stream.open is not None and \
@@ -226,42 +298,66 @@ class Sink:
                                     "batches": stats.batches, "applied_commit_lsn": sites,
                                     "skipped": sum(s.skipped for s in self.streams.values())})
 
-    def _flush(self, final: bool = False) -> None:
-        """Apply every complete transaction of every site in one cloud transaction."""
-        work = [(key, s) for key, s in self.streams.items()
-                if s.done_tx is not None or s.next_offset is not None]
-        if not work:
-            return
+    def _flush(self) -> None:
+        """Hand every complete transaction of every site to the worker: one cloud transaction."""
+        batch = []
+        for (topic, partition), stream in self.streams.items():
+            if stream.done_tx is None and stream.next_offset is None:
+                continue
+            changes, tx, offset = stream.take_done()
+            batch.append(_Part(topic, partition, stream, plan(changes), len(changes), tx, offset))
+        if batch:
+            self.worker.submit(batch)
+        self._collect()
+
+    def _apply_batch(self, batch: list[_Part]) -> None:
+        """In the worker: the batch's rows and progress, one cloud transaction."""
         conn, applier = self.conn, self.applier
-        changes_applied = 0
         try:
-            for (topic, partition), stream in work:
-                changes, tx = stream.take_done()
-                if changes:
-                    applier.apply(stream.site_id, plan(changes))
-                    changes_applied += len(changes)
-                if tx is not None:
-                    progress_store.save_site(conn, stream.site_id, tx)
-                if stream.next_offset is not None:
-                    progress_store.save_offset(conn, self.cfg.group_id, topic, partition,
-                                               stream.next_offset)
+            for part in batch:
+                if part.steps:
+                    applier.apply(part.stream.site_id, part.steps)
+                if part.tx is not None:
+                    progress_store.save_site(conn, part.stream.site_id, part.tx)
+                if part.next_offset is not None:
+                    progress_store.save_offset(conn, self.cfg.group_id, part.topic,
+                                               part.partition, part.next_offset)
             conn.commit()
-        except ApplyError:
-            conn.rollback()
+        except BaseException:
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                pass
             applier.forget()
             raise
         applier.transaction_ended()
-        for _, stream in work:
-            if stream.done_tx is not None:
-                self.stats.last_commit_ts[stream.site_id] = stream.done_tx.commit_ts
-                self.stats.transactions += 1
-            stream.committed()
-            stream.next_offset = None
-        self.stats.changes += changes_applied
-        self.stats.batches += 1
+
+    def _collect(self) -> None:
+        """Note the batches the worker committed; raise what it failed on."""
+        stats = self.stats
+        while True:
+            try:
+                batch = self.worker.finished.get_nowait()
+            except queue.Empty:
+                break
+            for part in batch:
+                part.stream.committed(part.tx)
+                if part.tx is not None:
+                    stats.last_commit_ts[part.stream.site_id] = part.tx.commit_ts
+                    stats.transactions += 1
+                stats.changes += part.changes
+            stats.batches += 1
+        self.worker.check()
+
+    def _drain(self) -> None:
+        """Wait for the worker: after this the main thread may use the connection."""
+        if getattr(self, "worker", None) is not None:
+            self.worker.drain()
+            self._collect()
 
     def _start_big(self, key: tuple[str, int]) -> None:
         """A transaction too big to hold: apply it in parts, the other partitions paused."""
+        self._drain()
         self.big = key
         others = [TopicPartition(t, p) for (t, p) in self.streams if (t, p) != key]
         if others:
@@ -293,7 +389,3 @@ def run_sink(config: Config, stop: threading.Event | None = None) -> Sink:
     sink.run()
     return sink
 
-
-def describe(stream: SiteStream) -> str:
-    tx = stream.applied
-    return f"{stream.site_id}: {format_lsn(tx.commit_lsn) if tx else 'nothing applied'}"

@@ -142,9 +142,9 @@ def test_site_stream_skips_applied_and_restarts_cut_transactions() -> None:
     s.begin(begin(100), 0)
     s.change(ins(1), 1)
     s.commit(commit(100, 1), 2)
-    changes, tx = s.take_done()
-    assert len(changes) == 1 and tx.commit_lsn == 100 and s.next_offset == 3
-    s.committed()
+    changes, tx, offset = s.take_done()
+    assert len(changes) == 1 and tx.commit_lsn == 100 and offset == 3
+    s.committed(tx)
     # the source restarts: tx 100 again (skipped), then tx 200 cut short and sent again
     assert not s.begin(begin(100), 3)
     assert not s.change(ins(1), 4)
@@ -155,7 +155,7 @@ def test_site_stream_skips_applied_and_restarts_cut_transactions() -> None:
     s.change(ins(2), 9)
     s.change(ins(3), 10)
     s.commit(commit(200, 2, 2), 11)
-    changes, tx = s.take_done()
+    changes, tx, _ = s.take_done()
     assert [c.after["id"] for c in changes] == [2, 3] and tx.commit_lsn == 200
     assert s.skipped == 1
 
@@ -164,9 +164,23 @@ def test_new_identity_is_not_skipped() -> None:
     s = SiteStream("a", None)
     s.begin(begin(500), 0)
     s.commit(commit(500, 0), 1)
-    s.committed()
+    s.committed(s.take_done()[1])
     s.begin(begin(100, system="other"), 2)  # a re-created site: LSNs start over
     assert s.change(ins(1), 3)
+
+
+def test_handed_out_transactions_are_skipped_before_their_commit_is_seen() -> None:
+    """A redelivered transaction arriving while its first copy is being applied is skipped."""
+    s = SiteStream("a", None)
+    s.begin(begin(100), 0)
+    s.change(ins(1), 1)
+    s.commit(commit(100, 1), 2)
+    _, tx, _ = s.take_done()
+    s.begin(begin(200, 2), 3)
+    s.commit(commit(200, 0, 2), 4)
+    assert not s.begin(begin(100), 5) and not s.change(ins(1), 6)  # redelivered: skipped
+    s.committed(tx)
+    assert s.last_tx.commit_lsn == 200 and s.applied.commit_lsn == 100
 
 
 def test_missing_change_records_stop_the_site() -> None:
