@@ -31,6 +31,7 @@ class Applier:
         self.append_only = append_only
         self._stages: dict[tuple[str, str, tuple[str, ...]], str] = {}
         self._dirty: set[str] = set()  # stages holding rows in this transaction
+        self._formatters: dict[tuple, copy_text.Formatter] = {}  # per (field, type) list
         self.rows = {"upsert": 0, "delete": 0, "truncate": 0, "patch": 0}
 
     def transaction_ended(self) -> None:
@@ -80,17 +81,21 @@ class Applier:
 
     def _copy(self, stage: str, columns: list[ColumnDef], site_id: str,
               rows: Any) -> None:
-        fields = [c.field for c in columns]
+        shape = tuple((c.field, c.avro_type) for c in columns)
+        fmt = self._formatters.get(shape)
+        if fmt is None:
+            fmt = self._formatters[shape] = copy_text.formatter(
+                [c.field for c in columns], [c.avro_type for c in columns])
         with self.conn.cursor() as cur:
             with cur.copy(q.copy_stage(stage, self.site_column, columns)) as copy:
                 batch: list[dict[str, Any]] = []
                 for row in rows:
                     batch.append(row)
                     if len(batch) >= 5000:
-                        copy.write(copy_text.lines(site_id, batch, fields))
+                        copy.write(fmt(site_id, batch))
                         batch = []
                 if batch:
-                    copy.write(copy_text.lines(site_id, batch, fields))
+                    copy.write(fmt(site_id, batch))
 
     def _upsert(self, site_id: str, target: Target, step: Upsert) -> None:
         columns = list(target.columns)

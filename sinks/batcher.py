@@ -173,7 +173,7 @@ Step = Upsert | Delete | Patch | Truncate
 
 
 def _key(version: TableVersion, row: dict[str, Any]) -> tuple:
-    return tuple([row[f] for f in version.key_fields])
+    return version.key_of(row)
 
 
 def plan(changes: list[Change]) -> list[Step]:

@@ -8,7 +8,8 @@ event, tied to its table version.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from operator import itemgetter
+from typing import Any, Callable
 
 from cdc.avro import Codec
 from cdc.errors import SchemaError
@@ -20,6 +21,14 @@ class ColumnDef:
     name: str  # PostgreSQL column name
     sql_type: str
     is_key: bool
+    avro_type: str = "other"  # the value's Avro type when primitive (string, long, ...)
+
+
+def _avro_type(t: Any) -> str:
+    """``["null", "long"]`` -> ``"long"``; anything else (logical types, records) -> ``"other"``."""
+    if isinstance(t, list) and len(t) == 2 and t[0] == "null" and isinstance(t[1], str):
+        return t[1]
+    return "other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +41,17 @@ class TableVersion:
     columns: tuple[ColumnDef, ...]
     key_columns: tuple[ColumnDef, ...] = field(default=(), compare=False)
     key_fields: tuple[str, ...] = field(default=(), compare=False)
+    key_of: Callable[[dict[str, Any]], tuple] = field(default=tuple, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         keys = tuple(c for c in self.columns if c.is_key)
+        names = tuple(c.field for c in keys)
         object.__setattr__(self, "key_columns", keys)
-        object.__setattr__(self, "key_fields", tuple(c.field for c in keys))
+        object.__setattr__(self, "key_fields", names)
+        # a row's key tuple, at C speed (itemgetter of one field returns the bare value)
+        getter = itemgetter(*names) if names else (lambda row: ())
+        key_of = getter if len(names) > 1 else (lambda row: (getter(row),))
+        object.__setattr__(self, "key_of", key_of)
 
     @property
     def qualified(self) -> str:
@@ -48,8 +63,8 @@ class TableVersion:
         try:
             before = schema["fields"][0]
             row = before["type"][1]
-            columns = tuple(ColumnDef(f["name"], f["pg.name"], f["pg.type"], bool(f["pg.key"]))
-                            for f in row["fields"])
+            columns = tuple(ColumnDef(f["name"], f["pg.name"], f["pg.type"], bool(f["pg.key"]),
+                                      _avro_type(f["type"])) for f in row["fields"])
             version = cls(codec.fingerprint, schema["pg.schema"], schema["pg.table"], columns)
         except (KeyError, IndexError, TypeError) as exc:
             raise SchemaError(f"schema {codec.fingerprint:016x} is not a Tributary change envelope: "
