@@ -90,15 +90,15 @@ class RowEncoder:
         """``row_key(values, toast) -> (Row record, KeyRow record)`` for this table version."""
         n = len(kinds)
         names = ", ".join(f"v{i}" for i in range(n)) + ("," if n == 1 else "")
-        lines = [f"def row_key(values, toast=None):",
+        lines = ["def row_key(values, toast=None):",
                  f"    if len(values) != {n}:",
-                 f"        _wrong_width(values)",
+                 "        _wrong_width(values)",
                  f"    {names} = values"]
         for i, kind in enumerate(kinds):
             lines += [f"    if type(v{i}) is bytes:",
                       f"        {_INLINE[kind].format(i=i)}",
                       f"        p{i} = b'\\x02' + e{i}",
-                      f"    else:",
+                      "    else:",
                       f"        p{i} = _unusual(v{i}, {i}, toast)",
                       f"        e{i} = None"]
         row = " + ".join(f"p{i}" for i in range(n)) or "b''"

@@ -12,7 +12,7 @@ the source may confirm to the slot once every record up to it is acknowledged.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 from cdc.avro import Codec, control_schema, envelope_schema, key_schema
 from cdc.avro_rows import BRANCH1, NULL, OP_BYTES, RowEncoder, text, toast_array, zigzag
@@ -200,10 +200,3 @@ class EventBuilder:
             records.append((key, self._envelope(codec, None, None, "t")))
         return records
 
-
-def build_all(builder: EventBuilder, messages: Iterable[object]) -> list[Record]:
-    """Every record a sequence of messages yields (tests and tools)."""
-    out: list[Record] = []
-    for msg in messages:
-        out.extend(builder.handle(msg))
-    return out

@@ -59,7 +59,3 @@ class SourceProgress:
     @property
     def unacked(self) -> int:
         return self.produced - self.acked
-
-    @property
-    def pending_transactions(self) -> int:
-        return len(self._commits)

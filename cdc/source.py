@@ -3,7 +3,7 @@
 One session: connect, make sure the publication, slot and topic exist, stream from the slot's
 confirmed LSN, produce every record, and report to the slot (standby status ``flush``) the end
 LSN of the last transaction whose records are all acknowledged. Any lost connection or delivery
-error ends the session; :func:`run_source` starts a new one with backoff, which streams again
+error ends the session; :meth:`Source.run` starts a new one with backoff, which streams again
 from the slot's confirmed point (the sink skips what it has already applied).
 """
 
@@ -165,8 +165,3 @@ class Source:
                     "received_lsn": format_lsn(progress.received_lsn)})
         stats.messages, stats.records = n, progress.produced
 
-
-def run_source(config: Config, stop: threading.Event | None = None) -> Source:
-    source = Source(config, stop)
-    source.run()
-    return source

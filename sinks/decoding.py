@@ -76,9 +76,9 @@ class EnvelopeDecoder:
         """A straight-line reader of this version's Row record (no per-column loop)."""
         lines = ["def row(buf, pos):"]
         for i, kind in enumerate(kinds):
-            lines += [f"    b = buf[pos]", f"    pos += 1",
-                      f"    if b == 0:", f"        c{i} = None",
-                      f"    elif b != 2:", f"        _bad_branch(b, {i})", f"    else:"]
+            lines += ["    b = buf[pos]", "    pos += 1",
+                      "    if b == 0:", f"        c{i} = None",
+                      "    elif b != 2:", f"        _bad_branch(b, {i})", "    else:"]
             if kind == _STRING:
                 lines += ["        n = buf[pos]",
                           "        if n < 0x80:", "            n >>= 1", "            pos += 1",

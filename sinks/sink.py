@@ -383,9 +383,3 @@ class Sink:
         if others:
             self.consumer.resume(others)
 
-
-def run_sink(config: Config, stop: threading.Event | None = None) -> Sink:
-    sink = Sink(config, stop)
-    sink.run()
-    return sink
-

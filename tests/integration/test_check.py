@@ -8,7 +8,7 @@ from typing import Any
 from click.testing import CliRunner
 
 from cdc.cli import main
-from tests.integration.harness import execute, site_config
+from devenv.pipeline import execute, site_config
 
 
 def run_check(path: Path) -> tuple[int, dict[str, str]]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
-from tests.integration.harness import count, execute, rows_of, wait_until
-from tests.integration.test_pipeline import SEED, TABLES, TIMEOUT, Pipeline, pipeline_factory  # noqa: F401
+from devenv.pipeline import count, execute, rows_of, wait_until
+from tests.integration.sites import SEED, TABLES, TIMEOUT, Pipeline
 
 
 def test_sink_tables_mapping_renames(pipeline_factory: Callable[..., Pipeline]) -> None:
