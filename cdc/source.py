@@ -19,7 +19,7 @@ from confluent_kafka import KafkaException
 
 
 from cdc.config import Config
-from cdc.errors import ConnectionLost, DeliveryError, SchemaError
+from cdc.errors import ConnectionLost, DeliveryError, ReplicationError, SchemaError
 from cdc.event_builder import EventBuilder, SiteIdentity
 from cdc.lsn import format_lsn
 from cdc.retry import run_with_backoff
@@ -31,6 +31,7 @@ from cdc.slots import (
     ensure_publication, ensure_slot, list_tables, primary_key_lookup, type_lookup,
 )
 from cdc.stream import ReplicationStream, identify_system, open_replication
+from cdc.topic_tail import last_published, wal_went_back
 from cdc.topics import ensure_topic
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,13 @@ class Source:
             slot = ensure_slot(repl, conn, site.slot_name)
             topic = kafka.site_topic(site.id)
             ensure_topic(kafka, topic, kafka.topic_config)
+            last = last_published(kafka, topic)
+            log.info("topic tail", extra={
+                "site": site.id, "topic": topic, "server_wal": format_lsn(system.xlogpos),
+                "last_published_commit": format_lsn(last.commit_lsn) if last else None})
+            went_back = wal_went_back(last, system.system_id, system.timeline, system.xlogpos)
+            if went_back:
+                raise ReplicationError(f"site {site.id}: {went_back}")
             publisher = SchemaPublisher(kafka)
             identity = SiteIdentity(site.id, system.system_id, system.timeline, slot.name,
                                     system.database)
@@ -104,6 +112,7 @@ class Source:
             # stopped: let Kafka acknowledge what is in flight, then confirm it
             producer.flush(30)
             stream.send_status(progress.received_lsn, progress.confirmed_lsn)
+            stream.finish()
             self.stats.confirmed_lsn = progress.confirmed_lsn
             log.info("stopped", extra={"site": site.id,
                                        "confirmed_lsn": format_lsn(progress.confirmed_lsn)})

@@ -102,6 +102,29 @@ class ReplicationStream:
                                    + pg.get_error_message())
         pg.flush()
 
+    def finish(self, timeout: float = 5.0) -> None:
+        """End the COPY so the server reads our last standby status before we hang up.
+
+        Closing the socket right after the last status can lose it: the slot would then resume
+        from the status before (harmless, the sink skips repeats, but avoidable).
+        """
+        pg = self._pg
+        try:
+            pg.put_copy_end()
+            pg.flush()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                nbytes, _ = pg.get_copy_data(1)
+                if nbytes == -1:
+                    break
+                if nbytes == 0:
+                    select.select([self._fileno], [], [], 0.1)
+                    pg.consume_input()
+            while pg.get_result() is not None:
+                pass
+        except Exception:  # the stream is ending anyway; a broken one has nothing to finish
+            pass
+
     def close(self) -> None:
         try:
             self._conn.close()

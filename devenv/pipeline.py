@@ -16,7 +16,7 @@ from typing import Any, Callable
 import psycopg
 from psycopg import sql
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def site_config(path: Path, site_id: str, dsn: str, kafka: str, prefix: str,
@@ -55,6 +55,13 @@ topic_prefix = "{prefix}"
     return path
 
 
+def _env_with_repo() -> dict[str, str]:
+    """The environment with this checkout first on the import path, whatever is installed."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
 class Daemon:
     """``cdc source run`` or ``cdc sink run`` as a child process, its log in a file."""
 
@@ -67,7 +74,7 @@ class Daemon:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cdc.cli", self.kind, "run", "--config", str(self.config)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=dict(os.environ))
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=_env_with_repo())
         log.close()
         return self
 

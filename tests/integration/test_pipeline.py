@@ -187,3 +187,32 @@ def test_large_transaction_streams_through(pipeline_factory: Callable[..., Pipel
     p.assert_equal("a")
     assert count(p.cloud_dsn, "SELECT count(*) FROM readings") == 30000
     p.stop()
+
+
+def test_site_restored_from_a_file_copy_is_refused_not_skipped(
+        pipeline_factory: Callable[..., Pipeline], tmp_path: Path) -> None:
+    """A site whose WAL went back under the same identity: the source stops and says why."""
+    import shutil
+    import subprocess
+    p = pipeline_factory(sites=("a",), cluster_suffix="_restore").start()
+    a, cluster, source = p.site_dsn["a"], p.clusters["a"], p.sources["a"]
+    execute(a, SEED[0])
+    p.sync("a")
+    assert source.stop() == 0
+    cluster.stop()
+    backup = tmp_path / "backup"
+    subprocess.run(["cp", "-a", str(cluster.data_dir), str(backup)], check=True)
+    cluster.start()
+    source.start()
+    execute(a, SEED[1], SEED[1].replace("generate_series(1, 50) m", "generate_series(51, 99) m"))
+    p.sync("a")
+    assert source.stop() == 0
+    cluster.stop()
+    shutil.rmtree(cluster.data_dir)
+    subprocess.run(["cp", "-a", str(backup), str(cluster.data_dir)], check=True)
+    cluster.start()  # the site as it was before the readings: same system id and timeline
+    source.start()
+    wait_until(lambda: not source.alive(), TIMEOUT, "the source to refuse the restored site")
+    assert source.proc.returncode == 1  # type: ignore[union-attr]
+    assert "restored from a backup without a new timeline" in source.log()
+    p.sink.stop()

@@ -1,0 +1,89 @@
+"""What a site topic last holds, read back at source start: the guard against LSNs going back.
+
+On one server and timeline the WAL position only moves forward, and everything the source has
+published was committed before the WAL position of its time. So if the topic holds a transaction
+whose commit LSN is past the site's current WAL position, under the same system identifier and
+timeline, the site's WAL has gone back: it was restored from a backup without a new timeline
+(a file-level copy with its slot, say). Streaming on would publish new transactions under LSNs
+the sink has already applied, and the sink would skip them as redeliveries: the source refuses to
+start instead. (A restore that ends with a new timeline, the usual archive recovery, changes the
+identity the sink keys its progress by, and needs no guard.)
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from cdc.avro import Codec, control_schema, read_fingerprint
+from cdc.config import KafkaConfig
+from cdc.errors import ConnectionLost
+from cdc.lsn import format_lsn
+from cdc.topics import client_config
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedTx:
+    """The last transaction Begin found on a site topic."""
+
+    system_id: str
+    timeline: int
+    slot: str
+    commit_lsn: int
+    offset: int
+
+
+def wal_went_back(last: PublishedTx | None, system_id: str, timeline: int,
+                  wal_position: int) -> str | None:
+    """Why streaming must not start (pure), or None when the site's WAL is where it should be."""
+    if last is None or last.system_id != system_id or last.timeline != timeline:
+        return None
+    if last.commit_lsn <= wal_position:
+        return None
+    return (f"the topic already holds a transaction committed at {format_lsn(last.commit_lsn)} "
+            f"(offset {last.offset}) by this server (system {system_id}, timeline {timeline}), "
+            f"but the server's WAL is only at {format_lsn(wal_position)}: the site was restored "
+            "from a backup without a new timeline, and the cloud would skip its new transactions "
+            "as already applied. Re-sync this site (drop its slot, clear its rows in the cloud, "
+            "start from a snapshot) before streaming again")
+
+
+def last_published(kafka: KafkaConfig, topic: str, window: int = 5000,
+                   timeout: float = 30.0) -> PublishedTx | None:
+    """The last Begin among the topic's final ``window`` records, or None."""
+    begin = Codec.of(control_schema("begin"))
+    consumer = Consumer(client_config(kafka, **{
+        "group.id": f"tributary-tail-{uuid.uuid4().hex}", "enable.auto.commit": False,
+        "enable.partition.eof": True}))
+    try:
+        tp = TopicPartition(topic, 0)
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+        except KafkaException as exc:
+            raise ConnectionLost(f"cannot read the end of topic {topic}: {exc}") from exc
+        if high <= low:
+            return None
+        consumer.assign([TopicPartition(topic, 0, max(low, high - window))])
+        found: PublishedTx | None = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    return found
+                raise ConnectionLost(f"reading topic {topic}: {msg.error()}")
+            value = msg.value()
+            if value and value[:2] == b"\xc3\x01" and read_fingerprint(value) == begin.fingerprint:
+                rec = begin.decode_body(value)
+                found = PublishedTx(rec["system_id"], rec["timeline"], rec["slot"],
+                                    rec["commit_lsn"], msg.offset())
+            if msg.offset() + 1 >= high:
+                return found
+        raise ConnectionLost(f"timed out reading the end of topic {topic}")
+    finally:
+        consumer.close()
