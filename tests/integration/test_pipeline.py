@@ -216,3 +216,19 @@ def test_site_restored_from_a_file_copy_is_refused_not_skipped(
     assert source.proc.returncode == 1  # type: ignore[union-attr]
     assert "restored from a backup without a new timeline" in source.log()
     p.sink.stop()
+
+
+def test_idle_slot_follows_the_server_when_nothing_published_changes(
+        pipeline_factory: Callable[..., Pipeline]) -> None:
+    """Writes outside the publication must not pin WAL: the slot's confirmed LSN moves on."""
+    p = pipeline_factory(sites=("a",)).start()
+    a = p.site_dsn["a"]
+    execute(a, "CREATE SCHEMA scratch", "CREATE TABLE scratch.log (n int)",
+            "INSERT INTO scratch.log SELECT generate_series(1, 20000)")
+    with psycopg.connect(a) as conn:
+        target = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+    slot_sql = ("SELECT count(*) FROM pg_replication_slots WHERE active AND"
+                " confirmed_flush_lsn >= %s::pg_lsn")
+    wait_until(lambda: count(a, slot_sql, (str(target),)) == 1, 30,
+               f"the slot to confirm past {target}", p.daemons)
+    p.stop()
