@@ -63,7 +63,8 @@ class EventBuilder:
                  key_lookup: KeyLookup | None = None) -> None:
         self.site = site
         self.relations = RelationCache(lookup, key_lookup)
-        self._codecs: dict[int, _TableCodec] = {}
+        self._codecs: dict[int, _TableCodec] = {}  # relation OID -> its current version's codec
+        self._by_info: dict[TableInfo, _TableCodec] = {}
         self._on_new_schema = on_new_schema
         self._begin = Codec.of(control_schema("begin"))
         self._commit = Codec.of(control_schema("commit"))
@@ -93,9 +94,11 @@ class EventBuilder:
         codec = self._codecs.get(oid)
         if codec is None:
             info = self.relations.get(oid)
-            codec = _TableCodec(info)
-            self._announce(codec.value)
-            self._announce(codec.key)
+            codec = self._by_info.get(info)
+            if codec is None:  # a table version not seen before (Relation messages repeat)
+                codec = self._by_info[info] = _TableCodec(info)
+                self._announce(codec.value)
+                self._announce(codec.key)
             self._codecs[oid] = codec
         return codec
 
