@@ -15,9 +15,32 @@ from cdc.errors import DeliveryError
 log = logging.getLogger(__name__)
 
 
+class _OncePerMinute(logging.Filter):
+    """librdkafka repeats a failing connect every second; let each text through once a minute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        now = time.monotonic()
+        if now - self._seen.get(text, -1e9) < 60:
+            return False
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[text] = now
+        return True
+
+
+#: librdkafka's own log lines, in our log format instead of raw on stderr
+KAFKA_LOG = logging.getLogger("cdc.kafka")
+KAFKA_LOG.addFilter(_OncePerMinute())
+
+
 def client_config(kafka: KafkaConfig, **extra: Any) -> dict[str, Any]:
     """librdkafka settings: bootstrap servers, the user's ``kafka.config``, then ``extra``."""
-    conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers}
+    conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers, "logger": KAFKA_LOG}
     conf.update(kafka.config)
     conf.update(extra)
     return conf
@@ -41,7 +64,7 @@ def kafka_error_logger(logger: logging.Logger) -> Callable[[Any], None]:
 
 
 def ensure_topic(kafka: KafkaConfig, name: str, config: dict[str, str] | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 10.0) -> None:
     """Create ``name`` with one partition when missing; an existing topic is left as it is."""
     admin = AdminClient(client_config(kafka))
     try:
