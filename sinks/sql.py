@@ -57,6 +57,12 @@ def add_column(schema: str, table: str, col: ColumnDef) -> sql.Composed:
         type_sql(col.sql_type, f"{schema}.{table}.{col.name}"))
 
 
+def alter_column_type(schema: str, table: str, col: ColumnDef) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
+        qualified(schema, table), sql.Identifier(col.name),
+        type_sql(col.sql_type, f"{schema}.{table}.{col.name}"))
+
+
 def create_stage(stage: str, target: sql.Identifier, site_column: str,
                  columns: list[ColumnDef]) -> sql.Composed:
     """A session temp table with the target's column types (``LIKE`` would copy all columns)."""

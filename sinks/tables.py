@@ -3,7 +3,8 @@
 A site table ``schema.name`` lands in the cloud table of the same name unless ``[sink.tables]``
 maps it elsewhere; every site shares that table. A missing table is created with the site's
 column types, the site column first and primary key ``(site column, source key...)``. A column
-the cloud lacks is added. An existing column whose type cannot hold the site's values, or a
+the cloud lacks is added; a column the site widened (every cloud value fits the new type) is
+altered to the new type. An existing column whose type cannot hold the site's values, or a
 table without a unique key on ``(site column, source key...)``, stops the site with an error
 naming table and column.
 """
@@ -143,9 +144,19 @@ class CloudTables:
                     conn.execute(q.add_column(schema, table, col))
                     log.info("added cloud column", extra={"table": f"{schema}.{table}",
                                                           "column": col.name, "type": col.sql_type})
-                elif not can_hold(cloud_type, col.sql_type):
+                elif can_hold(cloud_type, col.sql_type):
+                    pass
+                elif can_hold(col.sql_type, cloud_type):
+                    # the site widened the column (int4 -> int8, varchar(n) -> text, ...):
+                    # every cloud value fits the new type, so the cloud follows
+                    conn.execute(q.alter_column_type(schema, table, col))
+                    log.info("widened cloud column", extra={
+                        "table": f"{schema}.{table}", "column": col.name, "from": cloud_type,
+                        "to": col.sql_type})
+                else:
                     raise ApplyError(f"{where}: column {col.name} is {cloud_type}, which cannot "
-                                     f"hold the site's {col.sql_type}")
+                                     f"hold the site's {col.sql_type}, and the site's type cannot "
+                                     "hold the cloud's values either")
             key = [self.site_column] + [c.name for c in version.key_columns]
             if not self._has_unique_key(conn, schema, table, key):
                 raise ApplyError(f"{where} has no primary key or unique index on "

@@ -1,0 +1,53 @@
+"""Schema changes at a site while it streams: the cloud table follows, or the sink stops by name."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import psycopg
+import pytest
+
+from devenv.pipeline import execute, rows_of, wait_until
+from tests.integration.sites import SEED, TIMEOUT, Pipeline
+
+AFTER = ["UPDATE devices SET id = id + 1000 WHERE id < 5",
+         "INSERT INTO devices (id, name) VALUES (77, 'x')"]
+
+
+@pytest.mark.parametrize("ddl, columns, cloud_type", [
+    ("ALTER TABLE devices ADD COLUMN serial text", ["id", "name", "serial"], ("serial", "text")),
+    ("ALTER TABLE devices DROP COLUMN firmware", ["id", "name"], None),
+    ("ALTER TABLE devices ALTER COLUMN id TYPE bigint", ["id", "name"], ("id", "bigint")),
+    ("ALTER TABLE devices ALTER COLUMN firmware TYPE varchar(40);"
+     " ALTER TABLE devices ALTER COLUMN firmware TYPE varchar(80)", ["id", "firmware"],
+     ("firmware", "text")),  # the cloud's text already holds any varchar
+])
+def test_cloud_table_follows(pipeline_factory: Callable[..., Pipeline], ddl: str,
+                             columns: list[str], cloud_type: tuple[str, str] | None) -> None:
+    p = pipeline_factory(sites=("a",)).start()
+    a = p.site_dsn["a"]
+    execute(a, SEED[0])
+    p.sync("a")
+    execute(a, *ddl.split(";"), *AFTER)
+    p.sync("a")
+    assert rows_of(p.cloud_dsn, "public.devices", columns, where_site="a") == \
+        rows_of(a, "public.devices", columns)
+    if cloud_type is not None:
+        with psycopg.connect(p.cloud_dsn) as conn:
+            got = conn.execute(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid ="
+                " 'public.devices'::regclass AND attname = %s", (cloud_type[0],)).fetchone()
+        assert got == (cloud_type[1],)
+    p.stop()
+
+
+def test_incompatible_type_change_stops_the_sink_naming_both_types(
+        pipeline_factory: Callable[..., Pipeline]) -> None:
+    p = pipeline_factory(sites=("a",)).start()
+    a = p.site_dsn["a"]
+    execute(a, SEED[0])
+    p.sync("a")
+    execute(a, "ALTER TABLE devices ALTER COLUMN firmware TYPE integer USING 1", *AFTER)
+    wait_until(lambda: not p.sink.alive(), TIMEOUT, "the sink to stop on the type change")
+    log = p.sink.log()
+    assert "column firmware is text" in log and "the site's integer" in log, log
