@@ -46,7 +46,13 @@ class Applier:
 
     def apply(self, site_id: str, steps: list[Step]) -> None:
         for step in steps:
-            target = self.tables.target(self.conn, step.version)
+            try:
+                target = self.tables.target(self.conn, step.version)
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                raise ApplyError(f"site {site_id}: cannot prepare the cloud table of "
+                                 f"{step.version.qualified}: {exc}".strip()) from exc
             try:
                 kind = type(step)
                 if kind is Upsert:
@@ -58,10 +64,12 @@ class Applier:
                 elif kind is Truncate:
                     self.conn.execute(q.delete_site_rows(target.ident, self.site_column), (site_id,))
                     self.rows["truncate"] += 1
-            except psycopg.errors.DataError as exc:
+            except psycopg.errors.DataError as exc:  # a value the cloud column refuses
                 raise ApplyError(f"site {site_id}: cloud table {target.qualified} refused "
                                  f"a value: {exc}".strip()) from exc
-            except psycopg.errors.IntegrityError as exc:
+            except psycopg.OperationalError:
+                raise  # the connection: retried by the session, not this site's fault
+            except psycopg.Error as exc:
                 raise ApplyError(f"site {site_id}: cloud table {target.qualified}: "
                                  f"{exc}".strip()) from exc
 

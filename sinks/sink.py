@@ -24,7 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from cdc.avro import read_fingerprint
 from cdc.config import Config
-from cdc.errors import ApplyError, ConnectionLost
+from cdc.errors import ApplyError, ConnectionLost, DecodeError, SchemaError
 from cdc.lsn import format_lsn
 from cdc.retry import run_with_backoff
 from cdc.schema_store import SchemaRegistry
@@ -39,6 +39,8 @@ from sinks.tables import CloudTables
 log = logging.getLogger(__name__)
 
 TRANSIENT = (ConnectionLost, psycopg.OperationalError, KafkaException)
+#: what one site's data can cause: that site stops, the others go on
+SITE_ERRORS = (ApplyError, SchemaError, DecodeError)
 PROGRESS_LOG_S = 30.0
 
 
@@ -64,11 +66,22 @@ class _Part:
     next_offset: int | None
 
 
+class _SiteFailed(Exception):
+    """One site's part of a batch cannot be applied; the batch was rolled back."""
+
+    def __init__(self, part: _Part, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.part, self.cause = part, cause
+        self.batch: list[_Part] = []
+
+
 class _ApplyWorker(threading.Thread):
     """Applies batches on the cloud connection while the main thread reads the next one.
 
     At most one batch waits (bounded memory); the main thread touches the connection only after
-    :meth:`drain`. A failure is kept and raised in the main thread.
+    :meth:`drain`. A failure is kept and raised in the main thread. When one site's part fails,
+    the batches after it are held, not applied, so the main thread can submit them again without
+    that site and every other site stays in commit order.
     """
 
     def __init__(self, apply_batch: Callable[[list[_Part]], None]) -> None:
@@ -77,6 +90,8 @@ class _ApplyWorker(threading.Thread):
         self._jobs: queue.Queue[list[_Part] | None] = queue.Queue(maxsize=1)
         self.finished: queue.SimpleQueue[list[_Part]] = queue.SimpleQueue()
         self.error: BaseException | None = None
+        self.failed: _SiteFailed | None = None
+        self.held: list[list[_Part]] = []
 
     def run(self) -> None:
         while True:
@@ -84,9 +99,16 @@ class _ApplyWorker(threading.Thread):
             try:
                 if job is None:
                     return
-                if self.error is None:
-                    self._apply(job)
-                    self.finished.put(job)
+                if self.error is not None:
+                    continue
+                if self.failed is not None:
+                    self.held.append(job)
+                    continue
+                self._apply(job)
+                self.finished.put(job)
+            except _SiteFailed as failed:
+                failed.batch = job  # type: ignore[assignment]
+                self.failed = failed
             except BaseException as exc:  # handed to the main thread by check()
                 self.error = exc
             finally:
@@ -142,6 +164,7 @@ class Sink:
             self.conn = conn
             self.applier = Applier(conn, CloudTables(cfg.site_column, cfg.tables, cfg.create_tables))
             self.streams: dict[tuple[str, int], SiteStream] = {}
+            self.stopped: dict[tuple[str, int], str] = {}  # sites stopped on an error, and why
             self.big: tuple[str, int] | None = None  # partition whose big transaction is open
             consumer = Consumer(client_config(self.kafka, **{
                 "group.id": cfg.group_id, "enable.auto.commit": False,
@@ -268,7 +291,13 @@ class Sink:
                     if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
                         continue
                     raise KafkaException(err)
-                self._ingest(msg)
+                try:
+                    self._ingest(msg)
+                except SITE_ERRORS as exc:  # this site's stream is unreadable or refused
+                    key = (msg.topic(), msg.partition())
+                    if key not in self.streams:
+                        raise
+                    self._stop_site(key, exc)
             self._collect()
             if self.big is not None:
                 stream = self.streams.get(self.big)
@@ -316,7 +345,10 @@ class Sink:
         try:
             for part in batch:
                 if part.steps:
-                    applier.apply(part.stream.site_id, part.steps)
+                    try:
+                        applier.apply(part.stream.site_id, part.steps)
+                    except SITE_ERRORS as exc:  # this site's data: stop the site, not the sink
+                        raise _SiteFailed(part, exc) from exc
                 if part.tx is not None:
                     progress_store.save_site(conn, part.stream.site_id, part.tx)
                 if part.next_offset is not None:
@@ -332,8 +364,11 @@ class Sink:
             raise
         applier.transaction_ended()
 
-    def _collect(self) -> None:
-        """Note the batches the worker committed; raise what it failed on."""
+    def _collect(self) -> bool:
+        """Note the batches the worker committed; raise what it failed on.
+
+        Returns True when a site failed and the batches after it were submitted again.
+        """
         stats = self.stats
         while True:
             try:
@@ -348,12 +383,51 @@ class Sink:
                 stats.changes += part.changes
             stats.batches += 1
         self.worker.check()
+        if self.worker.failed is None:
+            return False
+        self.worker.drain()  # every queued batch is held now
+        failed, held = self.worker.failed, self.worker.held
+        self.worker.failed, self.worker.held = None, []
+        key = (failed.part.topic, failed.part.partition)
+        self._stop_site(key, failed.cause)
+        for job in [failed.batch, *held]:
+            rest = [p for p in job if (p.topic, p.partition) != key]
+            if rest:
+                self.worker.submit(rest)
+        return True
+
+    def _stop_site(self, key: tuple[str, int], cause: BaseException) -> None:
+        """Stop one site's stream: nothing of it after the failed change is applied or skipped
+        (its offset stays where the cloud is), the other sites go on. Cleared by a restart."""
+        stream = self.streams.pop(key, None)
+        site = stream.site_id if stream else key[0]
+        self.stopped[key] = str(cause)
+        log.error(f"site {site} stopped: {cause}", extra={
+            "site": site, "topic": key[0], "partition": key[1],
+            "error_type": type(cause).__name__})
+        try:
+            self.consumer.pause([TopicPartition(key[0], key[1])])
+        except KafkaException:
+            pass
+        if self.big == key:
+            self._drain_connection_of_big()
 
     def _drain(self) -> None:
         """Wait for the worker: after this the main thread may use the connection."""
         if getattr(self, "worker", None) is not None:
-            self.worker.drain()
-            self._collect()
+            while True:
+                self.worker.drain()
+                if not self._collect():
+                    return
+
+    def _drain_connection_of_big(self) -> None:
+        """The site of an open large transaction stopped: drop its parts, resume the others."""
+        try:
+            self.conn.rollback()
+        except psycopg.Error:
+            pass
+        self.applier.forget()
+        self._resume_others()
 
     def _start_big(self, key: tuple[str, int]) -> None:
         """A transaction too big to hold: apply it in parts, the other partitions paused."""
@@ -369,7 +443,12 @@ class Sink:
     def _apply_part(self, stream: SiteStream) -> None:
         changes = stream.take_open()
         if changes:
-            self.applier.apply(stream.site_id, plan(changes))
+            try:
+                self.applier.apply(stream.site_id, plan(changes))
+            except SITE_ERRORS as exc:
+                key = next(k for k, s in self.streams.items() if s is stream)
+                self._stop_site(key, exc)
+                return
             self.stats.changes += len(changes)
 
     def _finish_big(self, key: tuple[str, int], stream: SiteStream) -> None:
