@@ -44,6 +44,7 @@ import psycopg
 from cdc.lsn import format_lsn, parse_lsn
 from devenv.kafka import KAFKA_VERSION, KafkaBroker, ensure_kafka
 from devenv.postgres import PgCluster, ensure_postgres_installed
+from devenv import pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench-results"
@@ -597,39 +598,14 @@ class Bench:
         say(f"pg_recvlogical: {seconds:.2f} s ({thousands(self.rows / seconds)} rows/s)")
 
     def site_config(self) -> Path:
-        path = self.tmp / "site.toml"
-        path.write_text(f"""
-[site]
-id = "{SITE_ID}"
-dsn = "{self.site_dsn}"
-slot = "{SLOT_TRIBUTARY}"
-publication = "{PUBLICATION}"
-tables = ["public.readings"]
-
-[kafka]
-bootstrap_servers = "{self.broker.bootstrap_servers}"
-topic_prefix = "{TOPIC_PREFIX}"
-
-[log]
-format = "json"
-""")
-        return path
+        return pipeline.site_config(
+            self.tmp / "site.toml", SITE_ID, self.site_dsn, self.broker.bootstrap_servers,
+            TOPIC_PREFIX, slot=SLOT_TRIBUTARY, tables="public.readings", publication=PUBLICATION,
+            status_interval_s=10)
 
     def cloud_config(self, group: str) -> Path:
-        path = self.tmp / f"cloud-{group}.toml"
-        path.write_text(f"""
-[sink]
-dsn = "{self.cloud_dsn}"
-group_id = "{group}"
-
-[kafka]
-bootstrap_servers = "{self.broker.bootstrap_servers}"
-topic_prefix = "{TOPIC_PREFIX}"
-
-[log]
-format = "json"
-""")
-        return path
+        return pipeline.cloud_config(self.tmp / f"cloud-{group}.toml", self.cloud_dsn,
+                                     self.broker.bootstrap_servers, TOPIC_PREFIX, group)
 
     def source(self) -> None:
         say("draining with the Tributary source (cdc source run)...")

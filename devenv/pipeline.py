@@ -20,14 +20,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def site_config(path: Path, site_id: str, dsn: str, kafka: str, prefix: str,
-                extra: str = "", slot: str | None = None) -> Path:
+                extra: str = "", slot: str | None = None, tables: str = "public.*",
+                publication: str = "tributary", status_interval_s: float = 1) -> Path:
+    """A site config file (status every second by default: tests wait on slot positions)."""
     path.write_text(f"""
 [site]
 id = "{site_id}"
 dsn = "{dsn}"
 {f'slot = "{slot}"' if slot else ''}
-tables = ["public.*"]
-status_interval_s = 1
+tables = ["{tables}"]
+publication = "{publication}"
+status_interval_s = {status_interval_s}
 
 [kafka]
 bootstrap_servers = "{kafka}"
@@ -42,6 +45,7 @@ format = "json"
 
 def cloud_config(path: Path, dsn: str, kafka: str, prefix: str, group: str,
                  extra: str = "") -> Path:
+    """A cloud config file; ``extra`` lines go into [sink]."""
     path.write_text(f"""
 [sink]
 dsn = "{dsn}"
