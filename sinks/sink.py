@@ -158,6 +158,7 @@ class Sink:
         except psycopg.OperationalError as exc:
             raise ConnectionLost(f"cannot connect to the cloud database: {exc}".strip()) from exc
         consumer = None
+        self.worker: _ApplyWorker | None = None
         try:
             progress_store.ensure_schema(conn)
             conn.autocommit = False
@@ -183,7 +184,7 @@ class Sink:
             self._flush()
             self._drain()
         finally:
-            if getattr(self, "worker", None) is not None:
+            if self.worker is not None:
                 self.worker.close()
             if consumer is not None:
                 try:
@@ -414,7 +415,7 @@ class Sink:
 
     def _drain(self) -> None:
         """Wait for the worker: after this the main thread may use the connection."""
-        if getattr(self, "worker", None) is not None:
+        if self.worker is not None:
             while True:
                 self.worker.drain()
                 if not self._collect():
