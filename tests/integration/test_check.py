@@ -49,3 +49,17 @@ def test_problems_are_named_with_what_to_run(tmp_path: Path, pg_factory: Any,
         in lines["replica identity"]
     assert lines["read access"].startswith("FAIL") and "public.keyless" in lines["read access"]
     assert lines["kafka"].startswith("FAIL")
+
+
+def test_cloud_config_checks_database_and_kafka(tmp_path: Path, pg_factory: Any,
+                                                kafka_broker: Any, unique_name: Any) -> None:
+    from devenv.pipeline import cloud_config
+    dsn = pg_factory("cloud").create_database(unique_name("chk"))
+    cfg = cloud_config(tmp_path / "c.toml", dsn, kafka_broker.bootstrap_servers, "chk", "g")
+    code, lines = run_check(cfg)
+    assert code == 0 and set(lines) == {"cloud database", "create privilege", "kafka"}, lines
+    bad = cloud_config(tmp_path / "bad.toml", dsn.replace("dbname=", "dbname=missing_"),
+                       kafka_broker.bootstrap_servers, "chk", "g")
+    code, lines = run_check(bad)
+    assert code == 1 and lines["cloud database"].startswith("FAIL"), lines
+    assert "does not exist" in lines["cloud database"]
