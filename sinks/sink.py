@@ -64,6 +64,7 @@ class _Part:
     changes: int
     tx: AppliedTx | None
     next_offset: int | None
+    final: bool = True  # False: a part of a large transaction, the cloud transaction stays open
 
 
 class _SiteFailed(Exception):
@@ -355,6 +356,8 @@ class Sink:
                 if part.next_offset is not None:
                     progress_store.save_offset(conn, self.cfg.group_id, part.topic,
                                                part.partition, part.next_offset)
+            if not all(part.final for part in batch):
+                return  # more of a large transaction follows in this cloud transaction
             conn.commit()
         except BaseException:
             try:
@@ -442,15 +445,13 @@ class Sink:
         self._apply_part(self.streams[key])
 
     def _apply_part(self, stream: SiteStream) -> None:
+        """Hand the worker the next part of a large transaction (it keeps the transaction open)."""
         changes = stream.take_open()
         if changes:
-            try:
-                self.applier.apply(stream.site_id, plan(changes))
-            except SITE_ERRORS as exc:
-                key = next(k for k, s in self.streams.items() if s is stream)
-                self._stop_site(key, exc)
-                return
-            self.stats.changes += len(changes)
+            topic, partition = next(k for k, s in self.streams.items() if s is stream)
+            self.worker.submit([_Part(topic, partition, stream, plan(changes), len(changes),
+                                      None, None, final=False)])
+        self._collect()
 
     def _finish_big(self, key: tuple[str, int], stream: SiteStream) -> None:
         self.big = None

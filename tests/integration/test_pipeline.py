@@ -232,3 +232,22 @@ def test_idle_slot_follows_the_server_when_nothing_published_changes(
     wait_until(lambda: count(a, slot_sql, (str(target),)) == 1, 30,
                f"the slot to confirm past {target}", p.daemons)
     p.stop()
+
+
+def test_large_transaction_cut_short_by_a_source_crash_is_applied_once(
+        pipeline_factory: Callable[..., Pipeline]) -> None:
+    """The source dies while the sink holds part of a large transaction in an open cloud
+    transaction; the transaction comes again from its Begin and is applied exactly once."""
+    p = pipeline_factory(sites=("a",), sink_extra="batch_max_changes = 1000").start()
+    a = p.site_dsn["a"]
+    execute(a, "INSERT INTO readings SELECT d, timestamptz '2025-01-01 00:00+00'"
+               " + m * interval '1 minute', m, 0 FROM generate_series(1, 20) d,"
+               " generate_series(1, 5000) m")
+    wait_until(lambda: "applying a large transaction in parts" in p.sink.log(), TIMEOUT,
+               "the sink to apply the large transaction in parts", p.daemons)
+    p.sources["a"].kill9()
+    p.sources["a"].start()
+    p.sync("a")
+    p.assert_equal("a")
+    assert count(p.cloud_dsn, "SELECT count(*) FROM readings") == 100000
+    p.stop()
