@@ -607,6 +607,34 @@ class Bench:
         return pipeline.cloud_config(self.tmp / f"cloud-{group}.toml", self.cloud_dsn,
                                      self.broker.bootstrap_servers, TOPIC_PREFIX, group)
 
+    def daemon_phase(self, c: Any, done: float, name: str, ready_event: str, server_key: str,
+                     server_pid: int | None, server0: float | None,
+                     kafka0: float | None) -> tuple[dict[str, Any], float | None]:
+        """Stop a timed daemon and gather its figures: time, memory, CPU of it and its servers."""
+        seconds = done - c.t0
+        hwm, cpu = vm_hwm_mb(c.pid), process_cpu_s(c.pid)
+        server_cpu = _delta(tree_cpu_s(server_pid), server0)
+        kafka_cpu = _delta(tree_cpu_s(self.broker.pid), kafka0)
+        startup = c.log_event_s(ready_event)
+        rc = c.stop(60)
+        if rc != 0:
+            raise BenchError(f"the {name} exited with {rc} on SIGTERM:\n{c.log_tail()}")
+        return {
+            "seconds": round(seconds, 3), "rows_per_s": round(self.rows / seconds),
+            "startup_s": round(startup, 3) if startup is not None else None,
+            "peak_rss_mb": round(hwm, 1) if hwm else None,
+            "cpu_s": {"client": round(cpu, 2) if cpu is not None else None,
+                      server_key: server_cpu, "kafka": kafka_cpu}}, startup
+
+    def record_phase(self, phase: str, minus_startup: str, figures: dict[str, Any],
+                     startup: float | None) -> None:
+        self.phases[phase] = figures
+        if startup is not None:
+            seconds = figures["seconds"]
+            self.phases[minus_startup] = {
+                "seconds": round(seconds - startup, 3),
+                "rows_per_s": round(self.rows / (seconds - startup))}
+
     def source(self) -> None:
         say("draining with the Tributary source (cdc source run)...")
         site0, kafka0 = tree_cpu_s(self.site.pid), tree_cpu_s(self.broker.pid)
@@ -623,29 +651,17 @@ class Bench:
             done, _ = wait_until(
                 reached, self.timeout, f"slot {SLOT_TRIBUTARY} to confirm {format_lsn(target)}",
                 c, lambda s: f"  source: {s:.0f} s, slot confirmed {self.wal_progress(last[0])}")
-        seconds = done - c.t0
-        hwm, cpu = vm_hwm_mb(c.pid), process_cpu_s(c.pid)
-        site_cpu, kafka_cpu = _delta(tree_cpu_s(self.site.pid), site0), _delta(
-            tree_cpu_s(self.broker.pid), kafka0)
-        startup = c.log_event_s("streaming")
-        rc = c.stop(60)
-        if rc != 0:
-            raise BenchError(f"the source exited with {rc} on SIGTERM:\n{c.log_tail()}")
+        figures, startup = self.daemon_phase(
+            c, done, "source", "streaming", "site_postgres", self.site.pid, site0, kafka0)
+        seconds = figures["seconds"]
+        hwm = figures["peak_rss_mb"]
         topic_bytes = sum(p.stat().st_size for p in
                           (self.broker.data_dir / f"{TOPIC}-0").glob("*.log"))
-        self.phases["source"] = {
-            "seconds": round(seconds, 3), "rows_per_s": round(self.rows / seconds),
-            "startup_s": round(startup, 3) if startup is not None else None,
-            "peak_rss_mb": round(hwm, 1) if hwm else None,
-            "cpu_s": {"client": round(cpu, 2) if cpu is not None else None,
-                      "site_postgres": site_cpu, "kafka": kafka_cpu},
+        figures.update({
             "kafka_topic_bytes": topic_bytes,
             "kafka_records": self.rows + 2 * self.results["backlog"]["transactions"],
-            "profile": finish_profiler(spy)}
-        if startup is not None:
-            self.phases["source_streaming"] = {
-                "seconds": round(seconds - startup, 3),
-                "rows_per_s": round(self.rows / (seconds - startup))}
+            "profile": finish_profiler(spy)})
+        self.record_phase("source", "source_streaming", figures, startup)
         say(f"source: {seconds:.2f} s ({thousands(self.rows / seconds)} rows/s), of which "
             f"start-up {startup if startup is not None else float('nan'):.2f} s; "
             f"peak RSS {hwm or 0:.0f} MB; topic {topic_bytes / 2**20:.0f} MB")
@@ -704,29 +720,16 @@ class Bench:
             done, end_lsn = wait_until(applied, self.timeout,
                                        f"the cloud to apply the last transaction ({phase})", c,
                                        progress)
-        seconds = done - c.t0
-        hwm, cpu = vm_hwm_mb(c.pid), process_cpu_s(c.pid)
-        cloud_cpu, kafka_cpu = _delta(tree_cpu_s(self.cloud.pid), cloud0), _delta(
-            tree_cpu_s(self.broker.pid), kafka0)
-        startup = c.log_event_s("assigned")
-        rc = c.stop(60)
-        if rc != 0:
-            raise BenchError(f"the sink exited with {rc} on SIGTERM:\n{c.log_tail()}")
+        figures, startup = self.daemon_phase(
+            c, done, "sink", "assigned", "cloud_postgres", self.cloud.pid, cloud0, kafka0)
+        seconds = figures["seconds"]
+        hwm = figures["peak_rss_mb"]
         if parse_lsn(end_lsn) != self.end_lsn:
             say(f"note: the cloud's last applied end LSN is {end_lsn}, the load's last commit "
                 f"ends at {format_lsn(self.end_lsn)}")
         self.check_cloud_rows("public.readings", phase, site_id=SITE_ID)
-        self.phases[phase] = {
-            "seconds": round(seconds, 3), "rows_per_s": round(self.rows / seconds),
-            "startup_s": round(startup, 3) if startup is not None else None,
-            "peak_rss_mb": round(hwm, 1) if hwm else None,
-            "cpu_s": {"client": round(cpu, 2) if cpu is not None else None,
-                      "cloud_postgres": cloud_cpu, "kafka": kafka_cpu},
-            "applied_end_lsn": end_lsn, "profile": finish_profiler(spy)}
-        if startup is not None:
-            self.phases[f"{phase}_applying"] = {
-                "seconds": round(seconds - startup, 3),
-                "rows_per_s": round(self.rows / (seconds - startup))}
+        figures.update({"applied_end_lsn": end_lsn, "profile": finish_profiler(spy)})
+        self.record_phase(phase, f"{phase}_applying", figures, startup)
         say(f"{phase}: {seconds:.2f} s ({thousands(self.rows / seconds)} rows/s), of which "
             f"start-up {startup if startup is not None else float('nan'):.2f} s; "
             f"peak RSS {hwm or 0:.0f} MB")

@@ -70,7 +70,6 @@ class EventBuilder:
         self._commit = Codec.of(control_schema("commit"))
         self._announced: set[int] = set()
         self._xid = 0
-        self._commit_lsn = 0
         self._commit_ts = 0
         self._seq = 0
         self._open = False
@@ -133,7 +132,7 @@ class EventBuilder:
     def _begin_tx(self, msg: Begin) -> list[Record]:
         if self._open:
             raise DecodeError(f"Begin of xid {msg.xid} inside transaction xid {self._xid}")
-        self._xid, self._commit_lsn, self._seq = msg.xid, msg.final_lsn, 0
+        self._xid, self._seq = msg.xid, 0
         self._commit_ts = pg_us_to_unix_us(msg.commit_ts)
         site = self.site
         self._open = True

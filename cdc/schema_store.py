@@ -46,9 +46,6 @@ class SchemaPublisher:
             raise DeliveryError(f"schema {codec.fingerprint:016x} not acknowledged by topic "
                                 f"{self._topic}: {errors or 'timed out'}")
 
-    def close(self) -> None:
-        self._producer.flush(10)
-
 
 class SchemaRegistry:
     """Sink side: fingerprint -> Codec, read from the schema topic on demand."""

@@ -60,10 +60,17 @@ def last_published(kafka: KafkaConfig, topic: str, window: int = 5000,
         "enable.partition.eof": True}))
     try:
         tp = TopicPartition(topic, 0)
-        try:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
-        except KafkaException as exc:
-            raise ConnectionLost(f"cannot read the end of topic {topic}: {exc}") from exc
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+                break
+            except KafkaException as exc:
+                # a topic created a moment ago may not be in the client's metadata yet
+                unknown = exc.args and exc.args[0].code() == KafkaError._UNKNOWN_PARTITION
+                if not unknown or time.monotonic() > deadline:
+                    raise ConnectionLost(f"cannot read the end of topic {topic}: {exc}") from exc
+                time.sleep(0.2)
         if high <= low:
             return None
         consumer.assign([TopicPartition(topic, 0, max(low, high - window))])

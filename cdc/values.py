@@ -69,7 +69,8 @@ def _text(raw: bytes) -> str:
     return raw.decode()
 
 
-#: text bytes -> Python value, per kind. float() reads NaN, Infinity, -Infinity and -0.
+#: text bytes -> Python value, per kind (float() reads NaN, Infinity, -Infinity and -0): the
+#: meaning of each kind. The source's compiled encoders (cdc.avro_rows) are tested against it.
 CONVERTERS: dict[str, Callable[[bytes], Any]] = {
     KIND_BOOLEAN: _bool, KIND_INT: int, KIND_LONG: int, KIND_FLOAT: float, KIND_DOUBLE: float,
     KIND_STRING: _text,

@@ -32,7 +32,6 @@ class Applier:
         self._stages: dict[tuple[str, str, tuple[str, ...]], str] = {}
         self._dirty: set[str] = set()  # stages holding rows in this transaction
         self._formatters: dict[tuple, copy_text.Formatter] = {}  # per (field, type) list
-        self.rows = {"upsert": 0, "delete": 0, "truncate": 0, "patch": 0}
 
     def transaction_ended(self) -> None:
         """ON COMMIT DELETE ROWS emptied every stage (a rollback empties them too)."""
@@ -63,7 +62,6 @@ class Applier:
                     self._patch(site_id, target, step)  # type: ignore[arg-type]
                 elif kind is Truncate:
                     self.conn.execute(q.delete_site_rows(target.ident, self.site_column), (site_id,))
-                    self.rows["truncate"] += 1
             except psycopg.errors.DataError as exc:  # a value the cloud column refuses
                 raise ApplyError(f"site {site_id}: cloud table {target.qualified} refused "
                                  f"a value: {exc}".strip()) from exc
@@ -112,14 +110,12 @@ class Applier:
         self.conn.execute(q.upsert_from_stage(
             target.ident, stage, self.site_column, columns, target.key_columns,
             append_only=target.qualified in self.append_only))
-        self.rows["upsert"] += len(step.rows)
 
     def _delete(self, site_id: str, target: Target, step: Delete) -> None:
         key = target.key_columns
         stage = self._stage(target, key, "keys")
         self._copy(stage, key, site_id, step.keys.values())
         self.conn.execute(q.delete_using_stage(target.ident, stage, self.site_column, key))
-        self.rows["delete"] += len(step.keys)
 
     def _patch(self, site_id: str, target: Target, step: Patch) -> None:
         by_field = {c.field: c for c in target.columns}
@@ -127,4 +123,3 @@ class Applier:
         key = target.key_columns
         params = [step.row[c.field] for c in set_cols] + [site_id] + [step.old_key[c.field] for c in key]
         self.conn.execute(q.update_row(target.ident, self.site_column, set_cols, key), params)
-        self.rows["patch"] += 1

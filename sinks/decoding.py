@@ -66,11 +66,10 @@ class EnvelopeDecoder:
                 and isinstance(t[1], str) else None
             kinds.append(kind)
         self.fast = all(k is not None for k in kinds) and self._layout_is_ours(codec.schema)
-        self.columns = tuple(zip(self.fields, kinds))
         self._source_prefix = b""
         self._site = ""
         if self.fast:
-            self._row = self._compile(kinds)  # type: ignore[method-assign]
+            self._row = self._compile(kinds)
 
     def _compile(self, kinds: list[int | None]) -> Any:
         """A straight-line reader of this version's Row record (no per-column loop)."""
@@ -119,33 +118,6 @@ class EnvelopeDecoder:
         except (IndexError, KeyError, UnicodeDecodeError, struct.error) as exc:
             raise SchemaError(f"{self.version.qualified}: envelope does not match its schema "
                               f"{self.codec.fingerprint:016x}: {exc}") from exc
-
-    def _row(self, buf: bytes, pos: int) -> tuple[dict[str, Any], int]:
-        out: dict[str, Any] = {}
-        for field, kind in self.columns:
-            branch = buf[pos]
-            pos += 1
-            if branch == 0:
-                out[field] = None
-                continue
-            if branch != 2:
-                raise IndexError(f"union branch {branch >> 1} in column {field}")
-            if kind == _STRING:
-                n, pos = _long(buf, pos)
-                out[field] = buf[pos:pos + n].decode()
-                pos += n
-            elif kind == _LONG:
-                out[field], pos = _long(buf, pos)
-            elif kind == _DOUBLE:
-                out[field] = _D(buf, pos)[0]
-                pos += 8
-            elif kind == _FLOAT:
-                out[field] = _F(buf, pos)[0]
-                pos += 4
-            else:
-                out[field] = buf[pos] == 1
-                pos += 1
-        return out, pos
 
     def _decode(self, buf: bytes) -> tuple[Change, str]:
         pos = 10  # single-object header

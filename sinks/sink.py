@@ -166,7 +166,6 @@ class Sink:
             self.conn = conn
             self.applier = Applier(conn, CloudTables(cfg.site_column, cfg.tables, cfg.create_tables))
             self.streams: dict[tuple[str, int], SiteStream] = {}
-            self.stopped: dict[tuple[str, int], str] = {}  # sites stopped on an error, and why
             self.big: tuple[str, int] | None = None  # partition whose big transaction is open
             consumer = Consumer(client_config(self.kafka, **{
                 "group.id": cfg.group_id, "enable.auto.commit": False,
@@ -405,7 +404,6 @@ class Sink:
         (its offset stays where the cloud is), the other sites go on. Cleared by a restart."""
         stream = self.streams.pop(key, None)
         site = stream.site_id if stream else key[0]
-        self.stopped[key] = str(cause)
         log.error(f"site {site} stopped: {cause}", extra={
             "site": site, "topic": key[0], "partition": key[1],
             "error_type": type(cause).__name__})

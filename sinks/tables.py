@@ -36,9 +36,7 @@ def can_hold(cloud_type: str, site_type: str) -> bool:
         return True
     if cloud_type in _INT_RANK and site_type in _INT_RANK:
         return _INT_RANK[cloud_type] >= _INT_RANK[site_type]
-    if cloud_type == "double precision" and site_type == "real":
-        return False  # float4 text read as float8 changes its value; keep types equal
-    if cloud_type == "text" and (site_type.startswith("character varying") or site_type == "character varying"):
+    if cloud_type == "text" and site_type.startswith("character varying"):
         return True
     m_cloud, m_site = _VARCHAR.match(cloud_type), _VARCHAR.match(site_type)
     if cloud_type == "character varying" and (m_site or site_type == "character varying"):
