@@ -28,6 +28,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from cdc.errors import SchemaError
 from cdc.relations import TableInfo
+from cdc.values import avro_type
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 _FP = struct.Struct("<Q")
@@ -57,13 +58,21 @@ def _name_part(text: str) -> str:
 
 def _metadata_hash(info: TableInfo) -> str:
     meta = [info.schema, info.table, info.replica_identity,
-            [[c.name, c.sql_type, c.kind, c.is_key] for c in info.columns]]
+            [[c.name, c.sql_type, c.kind, c.is_key, c.domain, [d.to_json() for d in c.defs],
+              c.extension] for c in info.columns]]
     return hashlib.sha256(json.dumps(meta).encode()).hexdigest()[:12]
 
 
 def _column_field(col: Any, nullable: bool) -> dict[str, Any]:
-    return {"name": col.field, "type": ["null", col.kind] if nullable else col.kind,
-            "pg.name": col.name, "pg.type": col.sql_type, "pg.key": col.is_key,
+    extra: dict[str, Any] = {}
+    if col.domain:
+        extra["pg.domain"] = col.domain
+    if col.defs:
+        extra["pg.defs"] = [d.to_json() for d in col.defs]
+    if col.extension:
+        extra["pg.extension"] = col.extension
+    return {"name": col.field, "type": avro_type(col.kind, nullable),
+            "pg.name": col.name, "pg.type": col.sql_type, "pg.key": col.is_key, **extra,
             **({"default": None} if nullable else {})}
 
 
@@ -139,6 +148,17 @@ class Codec:
     def decode_body(self, data: bytes | memoryview) -> Any:
         """Decode a single-object message whose header has been checked to be ours."""
         return schemaless_reader(io.BytesIO(data[10:]), self.parsed, None)
+
+
+def without_logical_types(schema: Any) -> Any:
+    """The schema with every ``logicalType`` dropped: fastavro then reads the raw Avro values
+    (day and microsecond counts, decimal bytes), which cover PostgreSQL's whole range, where
+    Python's date and datetime stop at year 9999."""
+    if isinstance(schema, dict):
+        return {k: without_logical_types(v) for k, v in schema.items() if k != "logicalType"}
+    if isinstance(schema, list):
+        return [without_logical_types(v) for v in schema]
+    return schema
 
 
 def read_fingerprint(data: bytes | memoryview, where: str = "") -> int:

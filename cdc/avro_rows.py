@@ -17,7 +17,10 @@ from typing import Callable
 
 from cdc.errors import DecodeError
 from cdc.pgoutput import UNCHANGED_TOAST
-from cdc.values import KIND_BOOLEAN, KIND_DOUBLE, KIND_FLOAT, KIND_INT, KIND_LONG, KIND_STRING
+from cdc.values import (KIND_BOOLEAN, KIND_BYTES, KIND_DATE, KIND_DOUBLE, KIND_FLOAT, KIND_INT,
+                        KIND_LONG, KIND_STRING, KIND_TIME, KIND_TIMESTAMP, KIND_TIMESTAMPTZ,
+                        KIND_UUID, beyond_timestamp_micros, bytea_value, converter, date_days, decimal_bytes, decimal_params,
+                        decimal_unscaled, has_special, time_micros, timestamp_micros)
 
 _SMALL = [bytes([i]) for i in range(128)]
 _DOUBLE = struct.Struct("<d").pack
@@ -57,12 +60,27 @@ def boolean(value: bool) -> bytes:
 _INLINE = {
     # per kind: source lines computing e{i} (the value's Avro bytes) from raw text bytes v{i}
     KIND_STRING: "n = len(v{i}); e{i} = (_SMALL[n << 1] if n < 64 else zigzag(n)) + v{i}",
+    KIND_UUID: "n = len(v{i}); e{i} = (_SMALL[n << 1] if n < 64 else zigzag(n)) + v{i}",
     KIND_INT: "e{i} = zigzag(int(v{i}))",
     KIND_LONG: "e{i} = zigzag(int(v{i}))",
     KIND_DOUBLE: "e{i} = _DOUBLE(float(v{i}))",
     KIND_FLOAT: "e{i} = _FLOAT(float(v{i}))",
     KIND_BOOLEAN: "e{i} = b'\\x01' if v{i} == b't' else b'\\x00'",
+    KIND_BYTES: "e{i} = string(_bytea(v{i}))",
+    KIND_DATE: "e{i} = zigzag(_date(v{i}))",
+    KIND_TIME: "e{i} = zigzag(_time(v{i}))",
+    KIND_TIMESTAMP: "e{i} = zigzag(_timestamp(v{i}))",
+    KIND_TIMESTAMPTZ: "e{i} = zigzag(_timestamp(v{i}))",
 }
+_DECIMAL = "e{i} = string(_decimal_bytes(_unscaled(v{i}, {scale})))"
+
+
+def _inline(kind: str) -> str | None:
+    """The source line encoding one value of ``kind``, or None if the kind is unknown."""
+    params = decimal_params(kind)
+    if params:
+        return _DECIMAL.replace("{scale}", str(params[1]))
+    return _INLINE.get(kind)
 
 
 class RowEncoder:
@@ -72,16 +90,17 @@ class RowEncoder:
     (no loop, no per-column call): this is the source's innermost loop.
     """
 
-    __slots__ = ("fields", "key_positions", "where", "nullable_key", "row_key", "_n")
+    __slots__ = ("fields", "kinds", "key_positions", "where", "nullable_key", "row_key", "_n")
 
     def __init__(self, kinds: list[str], fields: list[str], key_positions: list[int],
                  where: str, nullable_key: bool = False) -> None:
         self.fields = tuple(fields)
+        self.kinds = tuple(kinds)
         self.key_positions = tuple(key_positions)
         self.where = where
         self.nullable_key = nullable_key
         self._n = len(kinds)
-        unknown = [k for k in kinds if k not in _INLINE]
+        unknown = [k for k in kinds if _inline(k) is None]
         if unknown:
             raise DecodeError(f"{where}: no Avro encoding for column kinds {unknown}")
         self.row_key = self._compile(kinds)
@@ -95,23 +114,44 @@ class RowEncoder:
                  "        _wrong_width(values)",
                  f"    {names} = values"]
         for i, kind in enumerate(kinds):
-            lines += [f"    if type(v{i}) is bytes:",
-                      f"        {_INLINE[kind].format(i=i)}",
-                      f"        p{i} = b'\\x02' + e{i}",
-                      "    else:",
+            lines.append(f"    if type(v{i}) is bytes:")
+            if has_special(kind):
+                # NaN and infinities: the string branch after the typed one, in row and key
+                test = f"v{i}[-1:] in _SPECIAL"
+                if kind in (KIND_TIMESTAMP, KIND_TIMESTAMPTZ):
+                    test += f" or _beyond(v{i})"
+                lines += [f"        if {test}:",
+                          f"            e{i} = string(v{i})",
+                          f"            p{i} = b'\\x04' + e{i}",
+                          f"            e{i} = b'\\x02' + e{i}",
+                          "        else:",
+                          f"            {_inline(kind).format(i=i)}",  # type: ignore[union-attr]
+                          f"            p{i} = b'\\x02' + e{i}",
+                          f"            e{i} = b'\\x00' + e{i}"]
+            else:
+                lines += [f"        {_inline(kind).format(i=i)}",  # type: ignore[union-attr]
+                          f"        p{i} = b'\\x02' + e{i}"]
+            lines += ["    else:",
                       f"        p{i} = _unusual(v{i}, {i}, toast)",
                       f"        e{i} = None"]
         row = " + ".join(f"p{i}" for i in range(n)) or "b''"
         if self.nullable_key:
             key = "row"
         else:
-            checks = [f"    if e{i} is None:\n        _null_key({i}, v{i})" for i in self.key_positions]
-            lines += checks
+            for i in self.key_positions:
+                lines += [f"    if e{i} is None:", f"        _null_key({i}, v{i})"]
             key = " + ".join(f"e{i}" for i in self.key_positions) or "b''"
         lines += [f"    row = {row}", f"    return row, {key}"]
+        # a value its type's text form cannot be (a conversion error) is named with its column
+        lines = lines[:1] + ["    try:"] + ["    " + line for line in lines[1:]] + [
+            "    except (ValueError, OverflowError) as exc:", "        _bad_value(values, exc)"]
         scope = {"_SMALL": _SMALL, "zigzag": zigzag, "_DOUBLE": _DOUBLE, "_FLOAT": _FLOAT,
+                 "string": string, "_bytea": bytea_value, "_date": date_days, "_time": time_micros,
+                 "_timestamp": timestamp_micros, "_decimal_bytes": decimal_bytes,
+                 "_unscaled": decimal_unscaled, "_SPECIAL": (b"N", b"y"),
+                 "_beyond": beyond_timestamp_micros,
                  "_unusual": self._unusual, "_wrong_width": self._wrong_width,
-                 "_null_key": self._null_key}
+                 "_null_key": self._null_key, "_bad_value": self._bad_value}
         exec("\n".join(lines), scope)  # noqa: S102 - generated from column kinds only
         return scope["row_key"]  # type: ignore[no-any-return]
 
@@ -129,6 +169,17 @@ class RowEncoder:
             toast.append(field)
             return NULL
         raise DecodeError(f"{self.where}.{field}: binary column value; the source streams text")
+
+    def _bad_value(self, values: tuple, exc: Exception) -> None:
+        """Find the column whose text its kind cannot read, and name it."""
+        for field, kind, raw in zip(self.fields, self.kinds, values):
+            if type(raw) is bytes:
+                try:
+                    converter(kind)(raw)
+                except (ValueError, OverflowError) as col_exc:
+                    raise DecodeError(f"{self.where}.{field}: cannot encode {raw[:60]!r} as "
+                                      f"Avro {kind}: {col_exc}") from col_exc
+        raise DecodeError(f"{self.where}: cannot encode row: {exc}") from exc
 
     def _null_key(self, index: int, raw: object) -> None:
         raise DecodeError(f"{self.where}.{self.fields[index]}: key column without a value "

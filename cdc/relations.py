@@ -13,6 +13,7 @@ from typing import Callable
 
 from cdc.errors import SchemaError
 from cdc.pgoutput import Relation
+from cdc.type_catalog import TypeDef
 from cdc.values import TypeLookup, column_type
 
 KeyLookup = Callable[[int], "tuple[str, ...] | None"]
@@ -42,6 +43,9 @@ class ColumnInfo:
     is_key: bool
     type_oid: int
     type_modifier: int
+    domain: str | None = None  # the site's domain type, when the column travels as its base
+    defs: tuple[TypeDef, ...] = ()  # user-defined types the cloud must have for this column
+    extension: str | None = None  # the extension the column's type comes from
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +94,8 @@ def table_info(rel: Relation, lookup: TypeLookup | None,
         columns.append(ColumnInfo(
             name=col.name, field=avro_field_name(col.name, index), sql_type=ctype.sql,
             kind=ctype.kind, is_key=col.name in keys, type_oid=col.type_oid,
-            type_modifier=col.type_modifier))
+            type_modifier=col.type_modifier, domain=ctype.domain, defs=ctype.defs,
+            extension=ctype.extension))
     fields = [c.field for c in columns]
     if len(set(fields)) != len(fields):
         raise SchemaError(f"{rel.namespace}.{rel.name}: column names collide as Avro names: {fields}")

@@ -16,6 +16,8 @@ from psycopg import sql
 
 from cdc.errors import ReplicationError
 from cdc.lsn import parse_lsn
+from cdc.type_catalog import TypeRow, describe
+from cdc.values import ColumnType, TypeLookup
 
 log = logging.getLogger(__name__)
 
@@ -139,17 +141,62 @@ def ensure_slot(repl_conn: psycopg.Connection, conn: psycopg.Connection, slot: s
     return SlotState(slot, lsn, lsn, "reserved")
 
 
-def type_lookup(conn: psycopg.Connection):  # -> cdc.values.TypeLookup
-    """A cached ``format_type`` lookup for types the built-in table does not know."""
-    cache: dict[tuple[int, int], str] = {}
+class SiteCatalog:
+    """The catalog queries :func:`cdc.type_catalog.describe` needs, on a site connection."""
 
-    def lookup(oid: int, typmod: int) -> str:
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self._conn = conn
+
+    def type_row(self, oid: int, typmod: int) -> TypeRow | None:
+        row = self._conn.execute(
+            "SELECT t.typtype, n.nspname, t.typname, format_type(t.oid, %s), t.typbasetype,"
+            " t.typtypmod, t.typelem, t.typcategory = 'A', t.typrelid,"
+            " (SELECT e.extname FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid"
+            "   WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e'"
+            "   AND d.refclassid = 'pg_extension'::regclass LIMIT 1)"
+            " FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.oid = %s",
+            (typmod, oid)).fetchone()
+        if row is None:
+            return None
+        return TypeRow(typtype=row[0], schema=row[1], name=row[2], formatted=row[3],
+                       base_oid=int(row[4]), base_typmod=int(row[5]), element_oid=int(row[6]),
+                       is_array=bool(row[7]), relation_oid=int(row[8]), extension=row[9])
+
+    def enum_labels(self, oid: int) -> list[str]:
+        rows = self._conn.execute("SELECT enumlabel FROM pg_enum WHERE enumtypid = %s"
+                                  " ORDER BY enumsortorder", (oid,)).fetchall()
+        return [r[0] for r in rows]
+
+    def attributes(self, relation_oid: int) -> list[tuple[str, int, int]]:
+        rows = self._conn.execute(
+            "SELECT attname, atttypid, atttypmod FROM pg_attribute WHERE attrelid = %s"
+            " AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (relation_oid,)).fetchall()
+        return [(r[0], int(r[1]), int(r[2])) for r in rows]
+
+    def range_subtype(self, oid: int) -> tuple[int, int]:
+        row = self._conn.execute("SELECT rngsubtype, -1 FROM pg_range WHERE rngtypid = %s",
+                                 (oid,)).fetchone()
+        if row is None:
+            raise LookupError(f"range type OID {oid} has no pg_range entry")
+        return int(row[0]), int(row[1])
+
+    def multirange_range(self, oid: int) -> int:
+        row = self._conn.execute("SELECT rngtypid FROM pg_range WHERE rngmultitypid = %s",
+                                 (oid,)).fetchone()
+        if row is None:
+            raise LookupError(f"multirange type OID {oid} has no pg_range entry")
+        return int(row[0])
+
+
+def type_lookup(conn: psycopg.Connection) -> TypeLookup:
+    """A cached lookup of types the built-in table does not know (:mod:`cdc.type_catalog`)."""
+    catalog = SiteCatalog(conn)
+    cache: dict[tuple[int, int], ColumnType] = {}
+
+    def lookup(oid: int, typmod: int) -> ColumnType:
         key = (oid, typmod)
         if key not in cache:
-            row = conn.execute("SELECT format_type(%s::oid, %s)", (oid, typmod)).fetchone()
-            if row is None or row[0] is None or row[0] == "???":
-                raise LookupError(f"type OID {oid} is unknown at the site")
-            cache[key] = row[0]
+            cache[key] = describe(oid, typmod, catalog)
         return cache[key]
 
     return lookup

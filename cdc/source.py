@@ -24,6 +24,7 @@ from cdc.event_builder import EventBuilder, SiteIdentity
 from cdc.lsn import format_lsn
 from cdc.retry import run_with_backoff
 from cdc.pgoutput import Commit, decode_frame, decode_message
+from cdc.pgsession import pinned_conninfo
 from cdc.producer import EventProducer
 from cdc.progress import SourceProgress
 from cdc.schema_store import SchemaPublisher
@@ -78,7 +79,7 @@ class Source:
         site, kafka = self.site, self.config.kafka
         self.stats.sessions += 1
         try:
-            conn = psycopg.connect(site.dsn, autocommit=True)
+            conn = psycopg.connect(pinned_conninfo(site.dsn), autocommit=True)
         except psycopg.OperationalError as exc:
             raise ConnectionLost(f"site {site.id}: cannot connect to the site database: {exc}") from exc
         repl = None

@@ -17,6 +17,7 @@ from psycopg import pq, sql
 from cdc.errors import ConnectionLost, ReplicationError
 from cdc.lsn import format_lsn, parse_lsn
 from cdc.pgoutput import PG_EPOCH_US_OFFSET, encode_standby_status
+from cdc.pgsession import pinned_conninfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +38,7 @@ def now_pg_us() -> int:
 def open_replication(dsn: str) -> psycopg.Connection:
     """A replication connection (walsender in database mode)."""
     try:
-        return psycopg.connect(dsn, replication="database", autocommit=True)
+        return psycopg.connect(pinned_conninfo(dsn), replication="database", autocommit=True)
     except psycopg.Error as exc:
         raise ConnectionLost(f"cannot open a replication connection: {exc}".strip()) from exc
 

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from cdc.avro import Codec
 from cdc.errors import SchemaError
+from cdc.values import KIND_UUID, kind_of_avro_type, text_converter
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,10 +26,14 @@ class ColumnDef:
 
 
 def _avro_type(t: Any) -> str:
-    """``["null", "long"]`` -> ``"long"``; anything else (logical types, records) -> ``"other"``."""
-    if isinstance(t, list) and len(t) == 2 and t[0] == "null" and isinstance(t[1], str):
-        return t[1]
-    return "other"
+    """The Python type of a decoded value, for COPY: ``["null", "long"]`` -> ``"long"``; logical
+    kinds (decimal, dates, times, bytes, uuid) decode to PostgreSQL's text -> ``"string"``;
+    anything else -> ``"other"``."""
+    found = kind_of_avro_type(t)
+    if found is None:
+        return "other"
+    kind = found[0]
+    return "string" if kind == KIND_UUID or text_converter(kind) is not None else kind
 
 
 @dataclass(frozen=True, slots=True)

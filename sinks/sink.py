@@ -26,6 +26,7 @@ from cdc.avro import read_fingerprint
 from cdc.config import Config
 from cdc.errors import ApplyError, ConnectionLost, DecodeError, SchemaError
 from cdc.lsn import format_lsn
+from cdc.pgsession import pinned_conninfo
 from cdc.retry import run_with_backoff
 from cdc.schema_store import SchemaRegistry
 from cdc.topics import client_config, kafka_error_logger
@@ -155,7 +156,7 @@ class Sink:
     def session(self) -> None:
         cfg = self.cfg
         try:
-            conn = psycopg.connect(cfg.dsn, autocommit=True)
+            conn = psycopg.connect(pinned_conninfo(cfg.dsn), autocommit=True)
         except psycopg.OperationalError as exc:
             raise ConnectionLost(f"cannot connect to the cloud database: {exc}".strip()) from exc
         consumer = None

@@ -17,7 +17,8 @@ META_SCHEMA = "tributary"
 
 _IDENT = r'(?:[a-z_][a-z0-9_$]*|"(?:[^"]|"")+")'
 _TYPE_RE = re.compile(
-    rf"(?:{_IDENT}\.)?{_IDENT}(?: precision| varying)?"  # name, maybe schema-qualified
+    r"(?:interval(?: (?:year|month|day|hour|minute|second)(?: to (?:month|hour|minute|second))?)"
+    rf"|(?:{_IDENT}\.)?{_IDENT}(?: precision| varying)?)"  # name, maybe schema-qualified
     r"(?:\(\d+(?:,-?\d+)?\))?"  # modifiers
     r"(?: with(?:out)? time zone)?"
     r"(?:\[\])*\Z")

@@ -5,7 +5,8 @@ import math
 import pytest
 
 from cdc.errors import TypeMappingError
-from cdc.values import CONVERTERS, builtin_type_sql, column_type, value_kind
+from cdc.values import (CONVERTERS, avro_type, builtin_type_sql, column_type, converter,
+                        decimal_unscaled, kind_of_avro_type, text_converter, value_kind)
 
 
 @pytest.mark.parametrize("oid, typmod, expected", [
@@ -48,3 +49,57 @@ def test_converters_keep_edge_values() -> None:
     assert CONVERTERS[value_kind(20)](b"-9223372036854775808") == -(2 ** 63)
     assert CONVERTERS[value_kind(16)](b"t") is True and CONVERTERS[value_kind(16)](b"f") is False
     assert CONVERTERS[value_kind(1700)](b"12.3400") == "12.3400"  # numeric travels as its text
+
+
+# -- logical kinds: PostgreSQL text -> Avro value -> the same PostgreSQL text -------------------
+ROUND_TRIPS = [
+    ("date", ["2024-02-29", "1970-01-01", "0001-01-01", "0001-12-31 BC", "4714-11-24 BC",
+              "5874897-12-31", "infinity", "-infinity"]),
+    ("local-timestamp-micros", ["2024-02-29 12:34:56.123456", "1969-12-31 23:59:59.999999",
+                                "0044-03-15 12:00:00 BC", "4714-11-24 00:00:00 BC",
+                                "294276-12-31 23:59:59.999999", "infinity", "-infinity"]),
+    ("timestamp-micros", ["2024-02-29 12:34:56.5+00", "0001-01-01 00:00:00+00 BC",
+                          "294276-12-31 23:59:59.999999+00", "-infinity"]),
+    ("time-micros", ["00:00:00", "23:59:59.999999", "24:00:00", "12:00:00.000001"]),
+    ("decimal(10,2)", ["0.00", "-0.05", "99999999.99", "-99999999.99", "NaN", "1.00"]),
+    ("decimal(38,0)", ["0", "-1", "99999999999999999999999999999999999999"]),
+    ("decimal(5,5)", ["0.00001", "-0.99999"]),
+    ("bytes", ["\\x", "\\x00ff10", "\\x" + "ab" * 1000]),
+]
+
+
+@pytest.mark.parametrize("kind, texts", ROUND_TRIPS)
+def test_logical_kinds_give_back_the_text_postgresql_printed(kind: str, texts: list[str]) -> None:
+    to_avro, to_text = converter(kind), text_converter(kind)
+    assert to_text is not None
+    for text in texts:
+        assert to_text(to_avro(text.encode())) == text.replace(".5+", ".500000+"), text
+
+
+def test_timestamps_past_the_avro_long_travel_as_text() -> None:
+    last = b"294276-12-31 23:59:59.999999+00"
+    assert converter("timestamp-micros")(last) == last.decode()  # beyond 2**63-1 us from 1970
+    assert isinstance(converter("timestamp-micros")(b"294246-01-01 00:00:00+00"), int)
+
+
+def test_offsets_are_applied_and_numeric_text_with_other_scales_is_exact() -> None:
+    assert converter("timestamp-micros")(b"1970-01-01 05:30:00+05:30") == 0
+    assert converter("timestamp-micros")(b"1970-01-01 00:00:00-00:53:28") == 3208 * 10 ** 6
+    assert decimal_unscaled(b"1.5", 2) == 150 and decimal_unscaled(b"12", 1) == 120
+    with pytest.raises(ValueError, match="more than 1 fractional digits"):
+        decimal_unscaled(b"1.25", 1)
+
+
+@pytest.mark.parametrize("oid, typmod, kind", [
+    (1700, (10 << 16 | 2) + 4, "decimal(10,2)"),
+    (1700, -1, "string"),  # unconstrained: no fixed scale for Avro's decimal
+    (1700, (2 << 16 | 0x7FE) + 4, "string"),  # numeric(2,-2): Avro has no negative scale
+    (1700, (2 << 16 | 5) + 4, "string"),  # numeric(2,5): scale above precision
+    (1082, -1, "date"), (1184, 3, "timestamp-micros"), (1114, -1, "local-timestamp-micros"),
+    (1083, -1, "time-micros"), (1266, -1, "string"), (1186, -1, "string"),
+    (2950, -1, "uuid"), (17, -1, "bytes"), (790, -1, "string"), (1007, -1, "string"),
+])
+def test_each_type_travels_as_its_natural_avro_kind(oid: int, typmod: int, kind: str) -> None:
+    assert value_kind(oid, typmod) == kind
+    assert kind_of_avro_type(avro_type(kind, True)) == (kind, True)
+    assert kind_of_avro_type(avro_type(kind, False)) == (kind, False)
