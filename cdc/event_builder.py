@@ -11,15 +11,19 @@ the source may confirm to the slot once every record up to it is acknowledged.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
 from cdc.avro import Codec, control_schema, envelope_schema, key_schema
 from cdc.avro_rows import BRANCH1, NULL, OP_BYTES, RowEncoder, text, toast_array, zigzag
+from cdc.enum_labels import enum_checks, unknown_label
 from cdc.errors import DecodeError
 from cdc.pgoutput import Begin, Commit, Delete, Insert, Message, Relation, Truncate, Update, pg_us_to_unix_us
 from cdc.relations import KeyLookup, RelationCache, TableInfo
 from cdc.values import TypeLookup
+
+log = logging.getLogger(__name__)
 
 #: Kafka key of control records (Begin, Commit): compacted topics need a key on every record.
 CONTROL_KEY = b"\x00tributary.tx"
@@ -42,7 +46,7 @@ class SiteIdentity:
 class _TableCodec:
     """Everything needed to turn one table version's tuples into records, built once."""
 
-    __slots__ = ("info", "value", "key", "rows", "key_prefix", "name_bytes")
+    __slots__ = ("info", "value", "key", "rows", "key_prefix", "name_bytes", "enums")
 
     def __init__(self, info: TableInfo) -> None:
         self.info = info
@@ -53,6 +57,7 @@ class _TableCodec:
                                info.qualified, info.nullable_key)
         self.name_bytes = text(info.schema) + text(info.table)
         self.key_prefix = self.key.header + self.name_bytes
+        self.enums = enum_checks(info)
 
 
 class EventBuilder:
@@ -69,6 +74,7 @@ class EventBuilder:
         self._begin = Codec.of(control_schema("begin"))
         self._commit = Codec.of(control_schema("commit"))
         self._announced: set[int] = set()
+        self._refreshed: set[tuple[int, bytes]] = set()
         self._xid = 0
         self._commit_ts = 0
         self._seq = 0
@@ -168,13 +174,28 @@ class EventBuilder:
             toast_array(toast) if toast else NULL,
         ))
 
+    def _checked_codec(self, oid: int, *tuples: tuple | None) -> _TableCodec:
+        """The table's codec, re-described first if a value is an enum label it lacks."""
+        codec = self._codec(oid)
+        if codec.enums:
+            for values in tuples:
+                label = unknown_label(codec.enums, values)
+                if label is not None and (oid, label) not in self._refreshed:
+                    self._refreshed.add((oid, label))  # once: a label still unknown goes as is
+                    self.relations.refresh(oid)
+                    del self._codecs[oid]
+                    log.info("enum label not in the table's schema: re-read the catalog",
+                             extra={"table": codec.info.qualified, "label": label.decode()})
+                    return self._checked_codec(oid, *tuples)
+        return codec
+
     def _insert(self, msg: Insert) -> list[Record]:
-        codec = self._codec(msg.relation_oid)
+        codec = self._checked_codec(msg.relation_oid, msg.new)
         row, key = codec.rows.row_key(msg.new, None)
         return [(codec.key_prefix + BRANCH1 + key, self._envelope(codec, None, row, "c"))]
 
     def _update(self, msg: Update) -> list[Record]:
-        codec = self._codec(msg.relation_oid)
+        codec = self._checked_codec(msg.relation_oid, msg.new, msg.old)
         toast: list[str] = []
         after, key = codec.rows.row_key(msg.new, toast)
         key = codec.key_prefix + BRANCH1 + key
@@ -189,7 +210,7 @@ class EventBuilder:
         return records
 
     def _delete(self, msg: Delete) -> list[Record]:
-        codec = self._codec(msg.relation_oid)
+        codec = self._checked_codec(msg.relation_oid, msg.old)
         before, key = codec.rows.row_key(msg.old, None)
         key = codec.key_prefix + BRANCH1 + key
         return [(key, self._envelope(codec, before, None, "d")), (key, None)]

@@ -111,11 +111,22 @@ class RelationCache:
         self._lookup = lookup
         self._key_lookup = key_lookup
         self._tables: dict[int, TableInfo] = {}
+        self._messages: dict[int, Relation] = {}
 
     def update(self, rel: Relation) -> TableInfo:
         info = table_info(rel, self._lookup, self._key_lookup)
         self._tables[rel.oid] = info
+        self._messages[rel.oid] = rel
         return info
+
+    def refresh(self, oid: int) -> TableInfo:
+        """Describe a table again from its last Relation message with fresh catalog facts
+        (an enum gained a label: no Relation message says so)."""
+        forget = getattr(self._lookup, "forget", None)
+        if forget is not None:
+            forget()
+        self.get(oid)
+        return self.update(self._messages[oid])
 
     def get(self, oid: int) -> TableInfo:
         try:

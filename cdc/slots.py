@@ -188,18 +188,26 @@ class SiteCatalog:
         return int(row[0])
 
 
-def type_lookup(conn: psycopg.Connection) -> TypeLookup:
-    """A cached lookup of types the built-in table does not know (:mod:`cdc.type_catalog`)."""
-    catalog = SiteCatalog(conn)
-    cache: dict[tuple[int, int], ColumnType] = {}
+class CatalogTypeLookup:
+    """A cached lookup of types the built-in table does not know (:mod:`cdc.type_catalog`);
+    ``forget()`` drops the cache when the stream says a type may have changed."""
 
-    def lookup(oid: int, typmod: int) -> ColumnType:
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self._catalog = SiteCatalog(conn)
+        self._cache: dict[tuple[int, int], ColumnType] = {}
+
+    def __call__(self, oid: int, typmod: int) -> ColumnType:
         key = (oid, typmod)
-        if key not in cache:
-            cache[key] = describe(oid, typmod, catalog)
-        return cache[key]
+        if key not in self._cache:
+            self._cache[key] = describe(oid, typmod, self._catalog)
+        return self._cache[key]
 
-    return lookup
+    def forget(self) -> None:
+        self._cache.clear()
+
+
+def type_lookup(conn: psycopg.Connection) -> TypeLookup:
+    return CatalogTypeLookup(conn)
 
 
 def primary_key_lookup(conn: psycopg.Connection):  # -> cdc.relations.KeyLookup

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from cdc.avro import Codec
 from cdc.errors import SchemaError
+from cdc.type_catalog import TypeDef
 from cdc.values import KIND_UUID, kind_of_avro_type, text_converter
 
 
@@ -23,6 +24,8 @@ class ColumnDef:
     sql_type: str
     is_key: bool
     avro_type: str = "other"  # the value's Avro type when primitive (string, long, ...)
+    defs: tuple[TypeDef, ...] = ()  # user-defined types the cloud needs for this column
+    extension: str | None = None  # the site extension the column's type comes from
 
 
 def _avro_type(t: Any) -> str:
@@ -68,8 +71,10 @@ class TableVersion:
         try:
             before = schema["fields"][0]
             row = before["type"][1]
-            columns = tuple(ColumnDef(f["name"], f["pg.name"], f["pg.type"], bool(f["pg.key"]),
-                                      _avro_type(f["type"])) for f in row["fields"])
+            columns = tuple(ColumnDef(
+                f["name"], f["pg.name"], f["pg.type"], bool(f["pg.key"]), _avro_type(f["type"]),
+                tuple(TypeDef.from_json(d) for d in f.get("pg.defs", ())), f.get("pg.extension"))
+                for f in row["fields"])
             version = cls(codec.fingerprint, schema["pg.schema"], schema["pg.table"], columns)
         except (KeyError, IndexError, TypeError) as exc:
             raise SchemaError(f"schema {codec.fingerprint:016x} is not a Tributary change envelope: "

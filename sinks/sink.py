@@ -165,7 +165,8 @@ class Sink:
             progress_store.ensure_schema(conn)
             conn.autocommit = False
             self.conn = conn
-            self.applier = Applier(conn, CloudTables(cfg.site_column, cfg.tables, cfg.create_tables))
+            self.applier = Applier(conn, CloudTables(
+                cfg.site_column, cfg.tables, cfg.create_tables, cfg.dsn))
             self.streams: dict[tuple[str, int], SiteStream] = {}
             self.big: tuple[str, int] | None = None  # partition whose big transaction is open
             consumer = Consumer(client_config(self.kafka, **{

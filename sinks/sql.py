@@ -11,6 +11,7 @@ import re
 from psycopg import sql
 
 from cdc.errors import SchemaError
+from cdc.type_catalog import TypeDef
 from sinks.changes import ColumnDef
 
 META_SCHEMA = "tributary"
@@ -33,6 +34,39 @@ def type_sql(sql_type: str, where: str = "") -> sql.SQL:
     if not _TYPE_RE.match(sql_type):
         raise SchemaError(f"{where}: {sql_type!r} is not a PostgreSQL type name")
     return sql.SQL(sql_type)
+
+
+def create_type(d: TypeDef) -> sql.Composed:
+    """CREATE TYPE for an enum, composite or range type a site column uses."""
+    name = sql.Identifier(d.schema, d.name)
+    where = f"type {d.schema}.{d.name}"
+    if d.variant == "enum":
+        return sql.SQL("CREATE TYPE {} AS ENUM ({})").format(
+            name, sql.SQL(", ").join(map(sql.Literal, d.labels)))
+    if d.variant == "composite":
+        return sql.SQL("CREATE TYPE {} AS ({})").format(name, sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(a), type_sql(t, f"{where}.{a}"))
+            for a, t in d.attributes))
+    if d.variant == "range":
+        return sql.SQL("CREATE TYPE {} AS RANGE (subtype = {})").format(
+            name, type_sql(d.subtype, where))
+    raise SchemaError(f"{where}: unknown kind of user-defined type {d.variant!r}")
+
+
+def add_enum_label(d: TypeDef, label: str, present: set[str]) -> sql.Composed:
+    """ALTER TYPE ... ADD VALUE, placed where the site has it: after the nearest earlier label
+    the cloud has, else before the nearest later one."""
+    index = d.labels.index(label)
+    before = [x for x in d.labels[:index] if x in present]
+    after = [x for x in d.labels[index + 1:] if x in present]
+    if before:
+        place = sql.SQL(" AFTER {}").format(sql.Literal(before[-1]))
+    elif after:
+        place = sql.SQL(" BEFORE {}").format(sql.Literal(after[0]))
+    else:
+        place = sql.SQL("")
+    return sql.SQL("ALTER TYPE {} ADD VALUE IF NOT EXISTS {}{}").format(
+        sql.Identifier(d.schema, d.name), sql.Literal(label), place)
 
 
 def qualified(schema: str, table: str) -> sql.Identifier:

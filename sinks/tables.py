@@ -19,6 +19,8 @@ import psycopg
 from psycopg import sql
 
 from cdc.errors import ApplyError
+from cdc.pgsession import pinned_conninfo
+from cdc.type_catalog import TypeDef
 from sinks import sql as q
 from sinks.changes import ColumnDef, TableVersion
 
@@ -77,7 +79,9 @@ class Target:
 class CloudTables:
     """Resolves and prepares cloud tables, once per table version per cloud transaction."""
 
-    def __init__(self, site_column: str, mapping: dict[str, str], create: bool = True) -> None:
+    def __init__(self, site_column: str, mapping: dict[str, str], create: bool = True,
+                 dsn: str | None = None) -> None:
+        self.dsn = dsn  # for enum labels, which must be committed before a row may use them
         self.site_column = site_column
         self.mapping = mapping
         self.create = create
@@ -120,10 +124,52 @@ class CloudTables:
         want = sorted(names)
         return any(r[0] == want for r in rows)
 
+    def _ensure_types(self, conn: psycopg.Connection, col: ColumnDef, where: str) -> None:
+        """Create the enums, composites and ranges a column needs; add enum labels the site
+        added; name the extension the cloud lacks for an extension's type."""
+        for d in col.defs:
+            exists = conn.execute("SELECT to_regtype(%s) IS NOT NULL", (d.sql_name,)).fetchone()
+            if not (exists and exists[0]):
+                if not self.create:
+                    raise ApplyError(f"{where}: column {col.name} needs type {d.sql_name}, which "
+                                     "the cloud lacks, and sink.create_tables is false")
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    sql.Identifier(d.schema)))
+                conn.execute(q.create_type(d))
+                log.info("created cloud type", extra={"type": d.sql_name, "variant": d.variant})
+            elif d.variant == "enum":
+                rows = conn.execute("SELECT enumlabel FROM pg_enum WHERE enumtypid ="
+                                    " to_regtype(%s) ORDER BY enumsortorder",
+                                    (d.sql_name,)).fetchall()
+                present = {r[0] for r in rows}
+                missing = [label for label in d.labels if label not in present]
+                if missing:
+                    self._add_labels(d, missing, present, where)
+        if not col.defs and col.extension:
+            exists = conn.execute("SELECT to_regtype(%s) IS NOT NULL", (col.sql_type,)).fetchone()
+            if not (exists and exists[0]):
+                raise ApplyError(
+                    f"{where}: column {col.name} has type {col.sql_type} from the site's "
+                    f"extension {col.extension}, which the cloud database lacks: run CREATE "
+                    f"EXTENSION {col.extension} in the cloud database")
+
+    def _add_labels(self, d: TypeDef, missing: list[str], present: set[str], where: str) -> None:
+        """New enum labels, committed on their own connection: PostgreSQL refuses a label in
+        the transaction that added it."""
+        if self.dsn is None:
+            raise ApplyError(f"{where}: enum {d.sql_name} lacks labels {missing} in the cloud")
+        with psycopg.connect(pinned_conninfo(self.dsn), autocommit=True) as other:
+            for label in missing:
+                other.execute(q.add_enum_label(d, label, present))
+                present.add(label)
+        log.info("added enum labels", extra={"type": d.sql_name, "labels": missing})
+
     def _prepare(self, conn: psycopg.Connection, version: TableVersion) -> Target:
         schema, table = self.name_of(version)
         where = f"cloud table {schema}.{table} (site table {version.qualified})"
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('tributary.ddl'))")
+        for col in version.columns:
+            self._ensure_types(conn, col, where)
         existing = self._columns(conn, schema, table)
         if existing is None:
             if not self.create:

@@ -14,8 +14,8 @@ from psycopg import sql
 
 from cdc.pgsession import pinned_conninfo
 from cdc.temporal import DAY_US, date_text, days_from_civil, time_text, timestamp_text
-from devenv.pipeline import execute
-from tests.integration.sites import Pipeline
+from devenv.pipeline import execute, wait_until
+from tests.integration.sites import TIMEOUT, Pipeline
 
 # column, type, edge values as text the type's input function reads (None: NULL)
 TYPES: list[tuple[str, str, list[str | None]]] = [
@@ -214,3 +214,83 @@ def test_generated_values_round_trip_through_real_servers(zoo: Pipeline,
     insert(dsn, [{c: row.get(c) for c in COLUMNS} for row in rows], first)
     zoo.sync("a")
     assert_cloud_equals_site(zoo)
+
+
+# -- types that are not built in ---------------------------------------------------------------
+USER_TYPES = [
+    "CREATE EXTENSION hstore",
+    "CREATE SCHEMA kinds",
+    "CREATE TYPE kinds.mood AS ENUM ('sad', 'ok', 'happy ''quoted''')",
+    "CREATE DOMAIN kinds.price AS numeric(10,2) CHECK (VALUE >= 0)",
+    "CREATE DOMAIN kinds.code AS varchar(8)",
+    'CREATE TYPE kinds."Address" AS (street text, zip kinds.code, mood kinds.mood)',
+    "CREATE TYPE kinds.floatrange AS RANGE (subtype = float8)",
+    "CREATE TABLE gallery (id kinds.code PRIMARY KEY, m kinds.mood, ms kinds.mood[],"
+    ' p kinds.price, a kinds."Address", r kinds.floatrange, h hstore, ps kinds.price[])',
+]
+GALLERY = ["m", "ms", "p", "a", "r", "h", "ps"]
+GALLERY_ROWS = [
+    "INSERT INTO gallery VALUES ('a1', 'sad', '{ok,happy ''quoted'',NULL}', 12.50,"
+    " ROW('Main St 1', 'Z-1', 'ok'), '[1.5,2.5)', 'a=>1, \"b c\"=>NULL', '{1.00,2.50}')",
+    "INSERT INTO gallery VALUES ('a2', NULL, '{}', 0, ROW(NULL, NULL, NULL), 'empty', '', NULL)",
+    "INSERT INTO gallery (id) VALUES ('a3')",
+]
+
+
+def gallery_rows(dsn: str, where_site: str | None = None) -> list[tuple]:
+    cols = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in GALLERY)
+    query = sql.SQL("SELECT id::text, {} FROM public.gallery").format(cols)
+    if where_site is not None:
+        query += sql.SQL(" WHERE site_id = {}").format(sql.Literal(where_site))
+    with psycopg.connect(pinned_conninfo(dsn)) as conn:
+        return conn.execute(query + sql.SQL(" ORDER BY 1")).fetchall()
+
+
+def test_enums_domains_composites_ranges_and_extension_types_arrive_intact(
+        pipeline_factory: Callable[..., Pipeline]) -> None:
+    p = pipeline_factory(sites=("a",))
+    a = p.site_dsn["a"]
+    execute(a, *USER_TYPES)
+    execute(p.cloud_dsn, "CREATE EXTENSION hstore")
+    p.start()
+    execute(a, *GALLERY_ROWS, "UPDATE gallery SET m = 'ok' WHERE id = 'a1'",
+            "DELETE FROM gallery WHERE id = 'a3'")
+    p.sync("a")
+    assert gallery_rows(p.cloud_dsn, "a") == gallery_rows(a)
+    cloud = column_types_of(p.cloud_dsn, "gallery")
+    # enums, composites and ranges are created in the cloud; domains arrive as their base type
+    assert {c: cloud[c] for c in ["id", *GALLERY]} == {
+        "id": "character varying(8)", "m": "kinds.mood", "ms": "kinds.mood[]",
+        "p": "numeric(10,2)", "a": 'kinds."Address"', "r": "kinds.floatrange",
+        "h": "hstore", "ps": "numeric(10,2)[]"}
+    # a label added at the site later reaches the cloud's enum, in the site's order
+    execute(a, "ALTER TYPE kinds.mood ADD VALUE 'meh' AFTER 'sad'",
+            "INSERT INTO gallery (id, m) VALUES ('a4', 'meh')")
+    p.sync("a")
+    assert gallery_rows(p.cloud_dsn, "a") == gallery_rows(a)
+    with psycopg.connect(p.cloud_dsn) as conn:
+        labels = conn.execute("SELECT enum_range(NULL::kinds.mood)::text").fetchone()
+    assert labels == ("{sad,meh,ok,\"happy 'quoted'\"}",)
+    p.stop()
+
+
+def test_a_type_the_cloud_lacks_stops_the_site_naming_table_column_and_extension(
+        pipeline_factory: Callable[..., Pipeline]) -> None:
+    p = pipeline_factory(sites=("a",))
+    a = p.site_dsn["a"]
+    execute(a, "CREATE EXTENSION hstore", "CREATE TABLE kv (id int PRIMARY KEY, h hstore)")
+    p.start()
+    execute(a, "INSERT INTO kv VALUES (1, 'a=>1')")
+    wait_until(lambda: "site a stopped" in p.sink.log(), TIMEOUT, "the sink to stop site a",
+               p.daemons)
+    assert "public.kv" in p.sink.log() and "column h has type hstore from the site's extension" \
+        " hstore" in p.sink.log() and "CREATE EXTENSION hstore in the cloud" in p.sink.log()
+    p.stop()
+
+
+def column_types_of(dsn: str, table: str) -> dict[str, str]:
+    with psycopg.connect(dsn) as conn:
+        return dict(conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+            (f"public.{table}",)).fetchall())
