@@ -59,7 +59,7 @@ def _name_part(text: str) -> str:
 def _metadata_hash(info: TableInfo) -> str:
     meta = [info.schema, info.table, info.replica_identity,
             [[c.name, c.sql_type, c.kind, c.is_key, c.domain, [d.to_json() for d in c.defs],
-              c.extension] for c in info.columns]]
+              c.extension, c.attnum, c.missing] for c in info.columns]]
     return hashlib.sha256(json.dumps(meta).encode()).hexdigest()[:12]
 
 
@@ -71,6 +71,10 @@ def _column_field(col: Any, nullable: bool) -> dict[str, Any]:
         extra["pg.defs"] = [d.to_json() for d in col.defs]
     if col.extension:
         extra["pg.extension"] = col.extension
+    if getattr(col, "attnum", None) is not None:
+        extra["pg.attnum"] = col.attnum
+    if getattr(col, "missing", None) is not None:
+        extra["pg.missing"] = col.missing
     return {"name": col.field, "type": avro_type(col.kind, nullable),
             "pg.name": col.name, "pg.type": col.sql_type, "pg.key": col.is_key, **extra,
             **({"default": None} if nullable else {})}

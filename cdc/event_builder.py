@@ -20,7 +20,7 @@ from cdc.avro_rows import BRANCH1, NULL, OP_BYTES, RowEncoder, text, toast_array
 from cdc.enum_labels import enum_checks, unknown_label
 from cdc.errors import DecodeError
 from cdc.pgoutput import Begin, Commit, Delete, Insert, Message, Relation, Truncate, Update, pg_us_to_unix_us
-from cdc.relations import KeyLookup, RelationCache, TableInfo
+from cdc.relations import ColumnLookup, KeyLookup, RelationCache, TableInfo
 from cdc.values import TypeLookup
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,10 @@ class EventBuilder:
 
     def __init__(self, site: SiteIdentity, lookup: TypeLookup | None = None,
                  on_new_schema: Callable[[Codec], None] | None = None,
-                 key_lookup: KeyLookup | None = None) -> None:
+                 key_lookup: KeyLookup | None = None,
+                 column_lookup: ColumnLookup | None = None) -> None:
         self.site = site
-        self.relations = RelationCache(lookup, key_lookup)
+        self.relations = RelationCache(lookup, key_lookup, column_lookup)
         self._codecs: dict[int, _TableCodec] = {}  # relation OID -> its current version's codec
         self._by_info: dict[TableInfo, _TableCodec] = {}
         self._on_new_schema = on_new_schema

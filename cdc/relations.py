@@ -19,6 +19,10 @@ from cdc.values import TypeLookup, column_type
 KeyLookup = Callable[[int], "tuple[str, ...] | None"]
 """Relation OID -> its primary key column names from the site catalog, or None."""
 
+ColumnLookup = Callable[[int], "dict[str, tuple[int, str | None]]"]
+"""Relation OID -> column name -> (attnum, the value rows older than the column read for it,
+from ``attmissingval``), from the site catalog."""
+
 _AVRO_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -46,6 +50,8 @@ class ColumnInfo:
     domain: str | None = None  # the site's domain type, when the column travels as its base
     defs: tuple[TypeDef, ...] = ()  # user-defined types the cloud must have for this column
     extension: str | None = None  # the extension the column's type comes from
+    attnum: int | None = None  # from the catalog when the Relation message was read
+    missing: str | None = None  # what rows older than an added column hold (ADD ... DEFAULT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,18 +90,24 @@ def _key_names(rel: Relation, key_lookup: KeyLookup | None) -> set[str]:
 
 
 def table_info(rel: Relation, lookup: TypeLookup | None,
-               key_lookup: KeyLookup | None = None) -> TableInfo:
-    """Describe a Relation message's table, naming each column's exact type."""
+               key_lookup: KeyLookup | None = None,
+               column_lookup: ColumnLookup | None = None) -> TableInfo:
+    """Describe a Relation message's table, naming each column's exact type.
+
+    Each column's attnum (from the catalog, when the column still has that name) lets the sink
+    tell a renamed column from a dropped one and an added one."""
     keys = _key_names(rel, key_lookup)
+    catalog = column_lookup(rel.oid) if column_lookup is not None else {}
     columns = []
     for index, col in enumerate(rel.columns):
         where = f"{rel.namespace}.{rel.name}.{col.name}"
         ctype = column_type(col.type_oid, col.type_modifier, lookup, where)
+        attnum, missing = catalog.get(col.name, (None, None))
         columns.append(ColumnInfo(
             name=col.name, field=avro_field_name(col.name, index), sql_type=ctype.sql,
             kind=ctype.kind, is_key=col.name in keys, type_oid=col.type_oid,
             type_modifier=col.type_modifier, domain=ctype.domain, defs=ctype.defs,
-            extension=ctype.extension))
+            extension=ctype.extension, attnum=attnum, missing=missing))
     fields = [c.field for c in columns]
     if len(set(fields)) != len(fields):
         raise SchemaError(f"{rel.namespace}.{rel.name}: column names collide as Avro names: {fields}")
@@ -107,14 +119,16 @@ class RelationCache:
     """Relation OID -> the latest TableInfo the stream sent for it."""
 
     def __init__(self, lookup: TypeLookup | None = None,
-                 key_lookup: KeyLookup | None = None) -> None:
+                 key_lookup: KeyLookup | None = None,
+                 column_lookup: ColumnLookup | None = None) -> None:
         self._lookup = lookup
         self._key_lookup = key_lookup
+        self._column_lookup = column_lookup
         self._tables: dict[int, TableInfo] = {}
         self._messages: dict[int, Relation] = {}
 
     def update(self, rel: Relation) -> TableInfo:
-        info = table_info(rel, self._lookup, self._key_lookup)
+        info = table_info(rel, self._lookup, self._key_lookup, self._column_lookup)
         self._tables[rel.oid] = info
         self._messages[rel.oid] = rel
         return info

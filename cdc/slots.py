@@ -219,3 +219,15 @@ def primary_key_lookup(conn: psycopg.Connection):  # -> cdc.relations.KeyLookup
             " ORDER BY array_position(i.indkey::int2[], a.attnum)", (oid,)).fetchall()
         return tuple(r[0] for r in rows) or None
     return lookup
+
+
+def column_lookup(conn: psycopg.Connection):  # -> cdc.relations.ColumnLookup
+    """Column attnums (to tell a rename from a drop and an add) and the value rows older than
+    an added column read for it (``attmissingval``, set by ADD COLUMN ... DEFAULT)."""
+    def lookup(oid: int) -> dict[str, tuple[int, str | None]]:
+        rows = conn.execute(
+            "SELECT attname, attnum, CASE WHEN atthasmissing"
+            " THEN (attmissingval::text::text[])[1] END FROM pg_attribute"
+            " WHERE attrelid = %s::oid AND attnum > 0 AND NOT attisdropped", (oid,)).fetchall()
+        return {r[0]: (int(r[1]), r[2]) for r in rows}
+    return lookup

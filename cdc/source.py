@@ -29,7 +29,8 @@ from cdc.producer import EventProducer
 from cdc.progress import SourceProgress
 from cdc.schema_store import SchemaPublisher
 from cdc.slots import (
-    ensure_publication, ensure_slot, list_tables, primary_key_lookup, type_lookup,
+    column_lookup, ensure_publication, ensure_slot, list_tables, primary_key_lookup,
+    type_lookup,
 )
 from cdc.stream import ReplicationStream, identify_system, open_replication
 from cdc.topic_tail import last_published, wal_went_back
@@ -102,7 +103,8 @@ class Source:
             identity = SiteIdentity(site.id, system.system_id, system.timeline, slot.name,
                                     system.database)
             builder = EventBuilder(identity, type_lookup(conn), on_new_schema=publisher.publish,
-                                   key_lookup=primary_key_lookup(conn))
+                                   key_lookup=primary_key_lookup(conn),
+                                   column_lookup=column_lookup(conn))
             progress = SourceProgress(slot.confirmed_flush_lsn)
             producer = EventProducer(kafka, topic, progress)
             stream = ReplicationStream(repl, slot.name, site.publication, slot.confirmed_flush_lsn)

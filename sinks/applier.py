@@ -46,7 +46,7 @@ class Applier:
     def apply(self, site_id: str, steps: list[Step]) -> None:
         for step in steps:
             try:
-                target = self.tables.target(self.conn, step.version)
+                target = self.tables.target(self.conn, step.version, site_id)
             except psycopg.OperationalError:
                 raise
             except psycopg.Error as exc:

@@ -26,6 +26,8 @@ class ColumnDef:
     avro_type: str = "other"  # the value's Avro type when primitive (string, long, ...)
     defs: tuple[TypeDef, ...] = ()  # user-defined types the cloud needs for this column
     extension: str | None = None  # the site extension the column's type comes from
+    attnum: int | None = None  # the column's number at the site (a rename keeps it)
+    missing: str | None = None  # what site rows older than the column hold (ADD ... DEFAULT)
 
 
 def _avro_type(t: Any) -> str:
@@ -73,7 +75,8 @@ class TableVersion:
             row = before["type"][1]
             columns = tuple(ColumnDef(
                 f["name"], f["pg.name"], f["pg.type"], bool(f["pg.key"]), _avro_type(f["type"]),
-                tuple(TypeDef.from_json(d) for d in f.get("pg.defs", ())), f.get("pg.extension"))
+                tuple(TypeDef.from_json(d) for d in f.get("pg.defs", ())), f.get("pg.extension"),
+                f.get("pg.attnum"), f.get("pg.missing"))
                 for f in row["fields"])
             version = cls(codec.fingerprint, schema["pg.schema"], schema["pg.table"], columns)
         except (KeyError, IndexError, TypeError) as exc:

@@ -2,7 +2,8 @@
 
 ``tributary.offsets``: per consumer group, topic and partition, the next Kafka offset to read.
 ``tributary.sites``: per site, the identity of its LSN stream (system id, timeline, slot) and the
-last site transaction applied. The sink resumes from these and skips transactions already
+last site transaction applied. ``tributary.site_columns``: per site and cloud table, the site's
+columns (name, attnum) and the cloud column each lands in. The sink resumes from these and skips transactions already
 applied, so repeats change nothing; restoring the cloud database from a backup rewinds them with
 the rows, and the sink catches up from Kafka by itself.
 """
@@ -41,6 +42,13 @@ _DDL = [
         end_lsn pg_lsn NOT NULL, commit_ts timestamptz NOT NULL,
         applied_at timestamptz NOT NULL DEFAULT clock_timestamp())""").format(
         sql.Identifier(META_SCHEMA, "sites")),
+    # per site and cloud table: each site column, its attnum at the site and the cloud column
+    # holding it (they differ after a rename at another site); see sinks.tables
+    sql.SQL("""CREATE TABLE IF NOT EXISTS {} (
+        site_id text NOT NULL, table_schema text NOT NULL, table_name text NOT NULL,
+        site_name text NOT NULL, attnum integer, cloud_name text NOT NULL,
+        PRIMARY KEY (site_id, table_schema, table_name, site_name))""").format(
+        sql.Identifier(META_SCHEMA, "site_columns")),
 ]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg
 from psycopg import sql
@@ -85,7 +85,7 @@ class CloudTables:
         self.site_column = site_column
         self.mapping = mapping
         self.create = create
-        self._ready: dict[int, Target] = {}
+        self._ready: dict[tuple[str, int], Target] = {}
 
     def forget(self) -> None:
         """After a rollback: DDL done in that transaction is gone too."""
@@ -98,11 +98,12 @@ class CloudTables:
             return schema, table
         return version.schema, version.table
 
-    def target(self, conn: psycopg.Connection, version: TableVersion) -> Target:
-        target = self._ready.get(version.fingerprint)
+    def target(self, conn: psycopg.Connection, version: TableVersion, site_id: str) -> Target:
+        key = (site_id, version.fingerprint)
+        target = self._ready.get(key)
         if target is None:
-            target = self._prepare(conn, version)
-            self._ready[version.fingerprint] = target
+            target = self._prepare(conn, version, site_id)
+            self._ready[key] = target
         return target
 
     def _columns(self, conn: psycopg.Connection, schema: str, table: str) -> dict[str, str] | None:
@@ -164,25 +165,93 @@ class CloudTables:
                 present.add(label)
         log.info("added enum labels", extra={"type": d.sql_name, "labels": missing})
 
-    def _prepare(self, conn: psycopg.Connection, version: TableVersion) -> Target:
+    def _site_columns(self, conn: psycopg.Connection, site_id: str, schema: str,
+                      table: str) -> dict[str, tuple[int | None, str]]:
+        rows = conn.execute(sql.SQL(
+            "SELECT site_name, attnum, cloud_name FROM {} WHERE site_id = %s AND table_schema = %s"
+            " AND table_name = %s").format(sql.Identifier(q.META_SCHEMA, "site_columns")),
+            (site_id, schema, table)).fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def _follow_site(self, conn: psycopg.Connection, site_id: str, version: TableVersion,
+                     schema: str, table: str, existing: dict[str, str] | None,
+                     where: str) -> tuple[dict[str, str], list[ColumnDef]]:
+        """Map this site's columns to cloud columns, renaming a cloud column the site renamed
+        (same attnum, new name). Returns the mapping and the columns whose rows of this site
+        must be set to the site's value for older rows: added with a DEFAULT (``missing``), or
+        dropped and added again under the same name."""
+        known = self._site_columns(conn, site_id, schema, table)
+        names = {c.name for c in version.columns}
+        by_attnum = {attnum: (name, cloud) for name, (attnum, cloud) in known.items()
+                     if attnum is not None and name not in names}
+        mapping: dict[str, str] = {}
+        refill: list[ColumnDef] = []
+        for col in version.columns:
+            if col.name in known:
+                attnum, cloud = known[col.name]
+                mapping[col.name] = cloud
+                if attnum is not None and col.attnum is not None and attnum != col.attnum:
+                    refill.append(col)  # dropped and added again: older rows hold the default
+                continue
+            renamed = by_attnum.get(col.attnum) if col.attnum is not None else None
+            if renamed is None:
+                mapping[col.name] = col.name
+                if known and col.missing is not None:
+                    refill.append(col)  # added with a default: older rows hold it at the site
+                continue
+            old_name, cloud = renamed
+            if cloud != col.name and existing is not None and cloud in existing:
+                if col.name in existing:
+                    raise ApplyError(f"{where}: the site renamed column {old_name} to "
+                                     f"{col.name}, but the cloud has both {cloud} and {col.name}")
+                conn.execute(sql.SQL("ALTER TABLE {} RENAME COLUMN {} TO {}").format(
+                    q.qualified(schema, table), sql.Identifier(cloud), sql.Identifier(col.name)))
+                # every site whose column lands in the old cloud column follows it
+                conn.execute(sql.SQL(
+                    "UPDATE {} SET cloud_name = %s WHERE table_schema = %s AND table_name = %s"
+                    " AND cloud_name = %s").format(sql.Identifier(q.META_SCHEMA, "site_columns")),
+                    (col.name, schema, table, cloud))
+                existing[col.name] = existing.pop(cloud)
+                # other sites' prepared targets name the old cloud column: prepare them again
+                self._ready = {k: t for k, t in self._ready.items()
+                               if (t.schema, t.table) != (schema, table)}
+                log.info("renamed cloud column", extra={
+                    "table": f"{schema}.{table}", "from": cloud, "to": col.name, "site": site_id})
+                cloud = col.name
+            conn.execute(sql.SQL("DELETE FROM {} WHERE site_id = %s AND table_schema = %s"
+                                 " AND table_name = %s AND site_name = %s").format(
+                sql.Identifier(q.META_SCHEMA, "site_columns")), (site_id, schema, table, old_name))
+            mapping[col.name] = cloud
+        for col in version.columns:
+            conn.execute(sql.SQL(
+                "INSERT INTO {} (site_id, table_schema, table_name, site_name, attnum, cloud_name)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (site_id, table_schema, table_name,"
+                " site_name) DO UPDATE SET attnum = excluded.attnum, cloud_name = excluded.cloud_name"
+            ).format(sql.Identifier(q.META_SCHEMA, "site_columns")),
+                (site_id, schema, table, col.name, col.attnum, mapping[col.name]))
+        return mapping, refill
+
+    def _prepare(self, conn: psycopg.Connection, version: TableVersion, site_id: str) -> Target:
         schema, table = self.name_of(version)
         where = f"cloud table {schema}.{table} (site table {version.qualified})"
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('tributary.ddl'))")
         for col in version.columns:
             self._ensure_types(conn, col, where)
         existing = self._columns(conn, schema, table)
+        mapping, refill = self._follow_site(conn, site_id, version, schema, table, existing, where)
+        columns = tuple(replace(c, name=mapping[c.name]) for c in version.columns)
         if existing is None:
             if not self.create:
                 raise ApplyError(f"{where} does not exist and sink.create_tables is false")
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-            conn.execute(q.create_table(schema, table, self.site_column, version.columns))
+            conn.execute(q.create_table(schema, table, self.site_column, columns))
             log.info("created cloud table", extra={"table": f"{schema}.{table}",
                                                     "from": version.qualified})
         else:
             if self.site_column not in existing:
                 raise ApplyError(f"{where} has no site column {self.site_column!r} "
                                  "(sink.site_column); it cannot keep sites apart")
-            for col in version.columns:
+            for col in columns:
                 cloud_type = existing.get(col.name)
                 if cloud_type is None:
                     conn.execute(q.add_column(schema, table, col))
@@ -201,8 +270,16 @@ class CloudTables:
                     raise ApplyError(f"{where}: column {col.name} is {cloud_type}, which cannot "
                                      f"hold the site's {col.sql_type}, and the site's type cannot "
                                      "hold the cloud's values either")
-            key = [self.site_column] + [c.name for c in version.key_columns]
+            key = [self.site_column] + [c.name for c in columns if c.is_key]
             if not self._has_unique_key(conn, schema, table, key):
                 raise ApplyError(f"{where} has no primary key or unique index on "
                                  f"({', '.join(key)}): rows of different sites could not be told apart")
-        return Target(schema, table, q.qualified(schema, table), version.columns)
+        for col in refill:
+            # rows the site had before the column: it reads them with the column's default
+            conn.execute(sql.SQL("UPDATE {} SET {} = %s WHERE {} = %s").format(
+                q.qualified(schema, table), sql.Identifier(mapping[col.name]),
+                sql.Identifier(self.site_column)), (col.missing, site_id))
+            log.info("set older rows of an added column", extra={
+                "table": f"{schema}.{table}", "column": mapping[col.name], "site": site_id,
+                "value": col.missing})
+        return Target(schema, table, q.qualified(schema, table), columns)

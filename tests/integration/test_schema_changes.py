@@ -21,6 +21,16 @@ AFTER = ["UPDATE devices SET id = id + 1000 WHERE id < 5",
     ("ALTER TABLE devices ALTER COLUMN firmware TYPE varchar(40);"
      " ALTER TABLE devices ALTER COLUMN firmware TYPE varchar(80)", ["id", "firmware"],
      ("firmware", "text")),  # the cloud's text already holds any varchar
+    ("ALTER TABLE devices RENAME COLUMN firmware TO fw", ["id", "name", "fw"], ("fw", "text")),
+    # older rows read the default at the site: the cloud's older rows of the site get it too
+    ("ALTER TABLE devices ADD COLUMN region text DEFAULT 'eu'", ["id", "name", "region"],
+     ("region", "text")),
+    ("ALTER TABLE devices DROP COLUMN firmware; ALTER TABLE devices ADD COLUMN firmware text"
+     " DEFAULT 'new'", ["id", "firmware"], ("firmware", "text")),
+    ("ALTER TABLE devices ADD COLUMN price numeric(6,2) DEFAULT 1.5;"
+     " UPDATE devices SET price = 2.25 WHERE id = 7;"
+     " ALTER TABLE devices ALTER COLUMN price TYPE numeric(10,2)", ["id", "price"],
+     ("price", "numeric(10,2)")),
 ])
 def test_cloud_table_follows(pipeline_factory: Callable[..., Pipeline], ddl: str,
                              columns: list[str], cloud_type: tuple[str, str] | None) -> None:
@@ -61,4 +71,30 @@ def test_incompatible_type_change_stops_that_site_and_the_others_flow(
         rows_of(a, "public.devices", ["id", "name", "firmware"])
     # nothing of site b after the refused change was applied, nothing before it was lost
     assert rows_of(p.cloud_dsn, "public.devices", ["id", "name", "firmware"], where_site="b") == before
+    p.stop()
+
+
+def test_a_rename_at_one_site_renames_the_cloud_column_and_the_other_sites_follow_it(
+        pipeline_factory: Callable[..., Pipeline]) -> None:
+    p = pipeline_factory(sites=("a", "b")).start()
+    a, b = p.site_dsn["a"], p.site_dsn["b"]
+    for site in ("a", "b"):
+        execute(p.site_dsn[site], SEED[0])
+        p.sync(site)
+    execute(a, "ALTER TABLE devices RENAME COLUMN firmware TO fw",
+            "UPDATE devices SET fw = 'v2' WHERE id <= 3")
+    p.sync("a")
+    execute(b, "UPDATE devices SET firmware = 'b2' WHERE id >= 18",
+            "INSERT INTO devices (id, name, firmware) VALUES (99, 'late', 'b3')")
+    p.sync("b")
+    with psycopg.connect(p.cloud_dsn) as conn:
+        cols = {r[0] for r in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'public.devices'::regclass"
+            " AND attnum > 0 AND NOT attisdropped").fetchall()}
+    assert "fw" in cols and "firmware" not in cols
+    assert rows_of(p.cloud_dsn, "public.devices", ["id", "fw"], where_site="a") == \
+        rows_of(a, "public.devices", ["id", "fw"])
+    # site b still calls it firmware: its values land in the renamed column
+    assert rows_of(p.cloud_dsn, "public.devices", ["id", "fw"], where_site="b") == \
+        rows_of(b, "public.devices", ["id", "firmware"])
     p.stop()
