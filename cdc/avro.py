@@ -57,7 +57,7 @@ def _name_part(text: str) -> str:
 
 
 def _metadata_hash(info: TableInfo) -> str:
-    meta = [info.schema, info.table, info.replica_identity,
+    meta = [info.schema, info.table, info.oid, info.replica_identity,
             [[c.name, c.sql_type, c.kind, c.is_key, c.domain, [d.to_json() for d in c.defs],
               c.extension, c.attnum, c.missing] for c in info.columns]]
     return hashlib.sha256(json.dumps(meta).encode()).hexdigest()[:12]
@@ -88,8 +88,9 @@ def envelope_schema(info: TableInfo) -> dict[str, Any]:
     return {
         "type": "record", "name": f"Envelope_{_metadata_hash(info)}", "namespace": namespace,
         "tributary.kind": "change",
-        "pg.schema": info.schema, "pg.table": info.table,
+        "pg.schema": info.schema, "pg.table": info.table, "pg.relid": info.oid,
         "pg.replica_identity": info.replica_identity,
+        **({"pg.nullable_key": True} if info.nullable_key else {}),
         "fields": [
             {"name": "before", "type": ["null", row], "default": None},
             {"name": "after", "type": ["null", "Row"], "default": None},

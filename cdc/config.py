@@ -51,6 +51,8 @@ class SiteConfig(_Section):
     slot: str | None = None
     publication: str = "tributary"
     status_interval_s: float = Field(10.0, gt=0, le=60)
+    #: how often the source looks for new tables that site.tables selects
+    table_refresh_s: float = Field(5.0, gt=0, le=3600)
 
     @field_validator("id")
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import psycopg
 from psycopg import sql
@@ -75,27 +76,50 @@ def list_tables(conn: psycopg.Connection, include: list[str], exclude: list[str]
             if matches(f"{r[0]}.{r[1]}", include, exclude)]
 
 
-def ensure_publication(conn: psycopg.Connection, name: str, tables: list[SiteTable]) -> None:
-    """Create the publication for ``tables`` or add the ones it lacks; never removes any."""
+def publication_tables(conn: psycopg.Connection, name: str) -> set[tuple[str, str]] | None:
+    """The tables a publication holds; None when it does not exist or is FOR ALL TABLES."""
+    row = conn.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s",
+                       (name,)).fetchone()
+    if row is None or row[0]:
+        return None
+    return {(r[0], r[1]) for r in conn.execute(
+        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (name,))}
+
+
+def ensure_publication(conn: psycopg.Connection, name: str, tables: list[SiteTable],
+                       selected: Callable[[str], bool] | None = None) -> list[SiteTable]:
+    """Create the publication for ``tables`` or add the ones it lacks; with ``selected``, drop
+    the tables it holds that the patterns no longer select. Returns the tables added."""
     if not tables:
-        raise ReplicationError(f"publication {name}: site.tables selects no table")
-    idents = [sql.Identifier(t.schema, t.name) for t in tables]
+        raise ReplicationError(f"publication {name}: site.tables selects no table that can be "
+                               "replicated")
     exists = conn.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s",
                           (name,)).fetchone()
     if exists is None:
         conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-            sql.Identifier(name), sql.SQL(", ").join(idents)))
+            sql.Identifier(name), sql.SQL(", ").join(
+                sql.Identifier(t.schema, t.name) for t in tables)))
         log.info("created publication", extra={"publication": name, "tables": len(tables)})
-        return
+        return list(tables)
     if exists[0]:
-        return  # FOR ALL TABLES: nothing to add
-    have = {(r[0], r[1]) for r in conn.execute(
-        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (name,))}
-    missing = [sql.Identifier(t.schema, t.name) for t in tables if (t.schema, t.name) not in have]
+        return []  # FOR ALL TABLES: nothing to add
+    have = publication_tables(conn, name) or set()
+    missing = [t for t in tables if (t.schema, t.name) not in have]
     if missing:
         conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-            sql.Identifier(name), sql.SQL(", ").join(missing)))
-        log.info("added tables to publication", extra={"publication": name, "added": len(missing)})
+            sql.Identifier(name), sql.SQL(", ").join(
+                sql.Identifier(t.schema, t.name) for t in missing)))
+        log.info("added tables to publication", extra={
+            "publication": name, "added": [t.qualified for t in missing]})
+    if selected is not None:
+        unwanted = sorted(t for t in have if not selected(f"{t[0]}.{t[1]}"))
+        if unwanted:
+            conn.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
+                sql.Identifier(name), sql.SQL(", ").join(
+                    sql.Identifier(*t) for t in unwanted)))
+            log.info("dropped tables site.tables no longer selects from the publication",
+                     extra={"publication": name, "dropped": [f"{s}.{t}" for s, t in unwanted]})
+    return missing
 
 
 @dataclass(frozen=True, slots=True)

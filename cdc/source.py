@@ -19,7 +19,7 @@ from confluent_kafka import KafkaException
 
 
 from cdc.config import Config
-from cdc.errors import ConnectionLost, DeliveryError, ReplicationError, SchemaError
+from cdc.errors import ConnectionLost, DeliveryError, ReplicationError
 from cdc.event_builder import EventBuilder, SiteIdentity
 from cdc.lsn import format_lsn
 from cdc.retry import run_with_backoff
@@ -29,8 +29,8 @@ from cdc.producer import EventProducer
 from cdc.progress import SourceProgress
 from cdc.schema_store import SchemaPublisher
 from cdc.slots import (
-    column_lookup, ensure_publication, ensure_slot, list_tables, primary_key_lookup,
-    type_lookup,
+    SiteTable, column_lookup, ensure_publication, ensure_slot, list_tables, matches,
+    primary_key_lookup, publication_tables, type_lookup,
 )
 from cdc.stream import ReplicationStream, identify_system, open_replication
 from cdc.topic_tail import last_published, wal_went_back
@@ -63,18 +63,41 @@ class Source:
         self.site = config.need_site()
         self.stop = stop or threading.Event()
         self.stats = SourceStats()
+        self._named: dict[str, float] = {}  # table -> when its problem was last logged
 
     def run(self) -> None:
         """Sessions with exponential backoff on transient failures, until stopped."""
         run_with_backoff(self.session, self.stop, "source session", TRANSIENT)
 
+    def _usable_tables(self, conn: psycopg.Connection) -> list[SiteTable]:
+        """The tables site.tables selects that can be replicated; the others are named, with
+        what to run, at most once every ten minutes each (adding one to the publication would
+        make the site's own UPDATEs and DELETEs of it fail)."""
+        usable = []
+        now = time.monotonic()
+        for table in list_tables(conn, self.site.tables, self.site.exclude):
+            problem = table.identity_problem
+            if problem is None:
+                usable.append(table)
+            elif now - self._named.get(table.qualified, -1e9) >= 600:
+                self._named[table.qualified] = now
+                log.error("table not replicated: " + problem,
+                          extra={"site": self.site.id, "table": table.qualified})
+        return usable
+
     def _prepare(self, conn: psycopg.Connection) -> None:
         site = self.site
-        tables = list_tables(conn, site.tables, site.exclude)
-        problems = [t.identity_problem for t in tables if t.identity_problem]
-        if problems:
-            raise SchemaError("cannot replicate updates and deletes of: " + "; ".join(problems))
-        ensure_publication(conn, site.publication, tables)
+        ensure_publication(conn, site.publication, self._usable_tables(conn),
+                           selected=lambda name: matches(name, site.tables, site.exclude))
+
+    def _refresh_tables(self, conn: psycopg.Connection) -> None:
+        """Add tables created since the last look (and now selected) to the publication."""
+        have = publication_tables(conn, self.site.publication)
+        if have is None:
+            return
+        new = [t for t in self._usable_tables(conn) if (t.schema, t.name) not in have]
+        if new:
+            ensure_publication(conn, self.site.publication, new)
 
     def session(self) -> None:
         site, kafka = self.site, self.config.kafka
@@ -111,7 +134,7 @@ class Source:
             log.info("streaming", extra={"site": site.id, "slot": slot.name, "topic": topic,
                                          "from_lsn": format_lsn(slot.confirmed_flush_lsn),
                                          "system_id": system.system_id})
-            self._stream(stream, builder, producer, progress)
+            self._stream(stream, builder, producer, progress, conn)
             # stopped: let Kafka acknowledge what is in flight, then confirm it
             producer.flush(30)
             stream.send_status(progress.received_lsn, progress.confirmed_lsn)
@@ -129,8 +152,11 @@ class Source:
                 repl.close()
 
     def _stream(self, stream: ReplicationStream, builder: EventBuilder,
-                producer: EventProducer, progress: SourceProgress) -> None:
+                producer: EventProducer, progress: SourceProgress,
+                conn: psycopg.Connection) -> None:
         interval = self.site.status_interval_s
+        refresh = self.site.table_refresh_s
+        last_refresh = time.monotonic()
         stats = self.stats
         read, decode, handle, produce = stream.read, decode_message, builder.handle, producer.produce
         poll, check = producer.poll, producer.check
@@ -168,6 +194,9 @@ class Source:
                 stream.send_status(progress.received_lsn, confirmed)
                 last_status, reported = now, confirmed
                 stats.messages, stats.records, stats.confirmed_lsn = n, progress.produced, confirmed
+            if now - last_refresh >= refresh:
+                last_refresh = now
+                self._refresh_tables(conn)
             if now - last_log >= PROGRESS_LOG_S:
                 last_log = now
                 log.info("progress", extra={

@@ -115,11 +115,13 @@ class Applier:
         key = target.key_columns
         stage = self._stage(target, key, "keys")
         self._copy(stage, key, site_id, step.keys.values())
-        self.conn.execute(q.delete_using_stage(target.ident, stage, self.site_column, key))
+        self.conn.execute(q.delete_using_stage(target.ident, stage, self.site_column, key,
+                                               target.nullable_key))
 
     def _patch(self, site_id: str, target: Target, step: Patch) -> None:
         by_field = {c.field: c for c in target.columns}
         set_cols = [by_field[f] for f in step.fields]
         key = target.key_columns
         params = [step.row[c.field] for c in set_cols] + [site_id] + [step.old_key[c.field] for c in key]
-        self.conn.execute(q.update_row(target.ident, self.site_column, set_cols, key), params)
+        self.conn.execute(q.update_row(target.ident, self.site_column, set_cols, key,
+                                       target.nullable_key), params)

@@ -49,6 +49,8 @@ class TableVersion:
     schema: str
     table: str
     columns: tuple[ColumnDef, ...]
+    relid: int | None = None  # the site table's OID: a dropped and re-created table has another
+    nullable_key: bool = False  # REPLICA IDENTITY FULL without a primary key: NULLs in the key
     key_columns: tuple[ColumnDef, ...] = field(default=(), compare=False)
     key_fields: tuple[str, ...] = field(default=(), compare=False)
     key_of: Callable[[dict[str, Any]], tuple] = field(default=tuple, compare=False, repr=False)
@@ -78,7 +80,8 @@ class TableVersion:
                 tuple(TypeDef.from_json(d) for d in f.get("pg.defs", ())), f.get("pg.extension"),
                 f.get("pg.attnum"), f.get("pg.missing"))
                 for f in row["fields"])
-            version = cls(codec.fingerprint, schema["pg.schema"], schema["pg.table"], columns)
+            version = cls(codec.fingerprint, schema["pg.schema"], schema["pg.table"], columns,
+                          schema.get("pg.relid"), bool(schema.get("pg.nullable_key")))
         except (KeyError, IndexError, TypeError) as exc:
             raise SchemaError(f"schema {codec.fingerprint:016x} is not a Tributary change envelope: "
                               f"missing {exc}") from exc

@@ -3,7 +3,8 @@
 ``tributary.offsets``: per consumer group, topic and partition, the next Kafka offset to read.
 ``tributary.sites``: per site, the identity of its LSN stream (system id, timeline, slot) and the
 last site transaction applied. ``tributary.site_columns``: per site and cloud table, the site's
-columns (name, attnum) and the cloud column each lands in. The sink resumes from these and skips transactions already
+columns (name, attnum) and the cloud column each lands in; ``tributary.site_tables``: the OID of
+the site table, to notice one dropped and re-created. The sink resumes from these and skips transactions already
 applied, so repeats change nothing; restoring the cloud database from a backup rewinds them with
 the rows, and the sink catches up from Kafka by itself.
 """
@@ -49,6 +50,11 @@ _DDL = [
         site_name text NOT NULL, attnum integer, cloud_name text NOT NULL,
         PRIMARY KEY (site_id, table_schema, table_name, site_name))""").format(
         sql.Identifier(META_SCHEMA, "site_columns")),
+    # per site and cloud table: the OID of the site table (a new one: dropped and re-created)
+    sql.SQL("""CREATE TABLE IF NOT EXISTS {} (
+        site_id text NOT NULL, table_schema text NOT NULL, table_name text NOT NULL,
+        relid bigint NOT NULL, PRIMARY KEY (site_id, table_schema, table_name))""").format(
+        sql.Identifier(META_SCHEMA, "site_tables")),
 ]
 
 

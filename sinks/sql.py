@@ -74,14 +74,18 @@ def qualified(schema: str, table: str) -> sql.Identifier:
 
 
 def create_table(schema: str, table: str, site_column: str,
-                 columns: tuple[ColumnDef, ...]) -> sql.Composed:
-    """CREATE TABLE with the site column first and primary key (site, source key...)."""
+                 columns: tuple[ColumnDef, ...], nullable_key: bool = False) -> sql.Composed:
+    """CREATE TABLE with the site column first and primary key (site, source key...); for a
+    key that may hold NULLs (REPLICA IDENTITY FULL without a primary key: the whole row), a
+    unique constraint in which NULLs are equal (PostgreSQL 15+)."""
     defs = [sql.SQL("{} text NOT NULL").format(sql.Identifier(site_column))]
     for col in columns:
         defs.append(sql.SQL("{} {}").format(
             sql.Identifier(col.name), type_sql(col.sql_type, f"{schema}.{table}.{col.name}")))
     key = [sql.Identifier(site_column)] + [sql.Identifier(c.name) for c in columns if c.is_key]
-    defs.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(key)))
+    defs.append(sql.SQL("{} ({})").format(
+        sql.SQL("UNIQUE NULLS NOT DISTINCT" if nullable_key else "PRIMARY KEY"),
+        sql.SQL(", ").join(key)))
     return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
         qualified(schema, table), sql.SQL(", ").join(defs))
 
@@ -136,10 +140,16 @@ def upsert_from_stage(target: sql.Identifier, stage: str, site_column: str,
         k=sql.SQL(", ").join(conflict), a=action)
 
 
+def _equal(nullable_key: bool) -> sql.SQL:
+    """How key columns compare: NULL matches NULL when the key may hold NULLs."""
+    return sql.SQL(" IS NOT DISTINCT FROM " if nullable_key else " = ")
+
+
 def delete_using_stage(target: sql.Identifier, stage: str, site_column: str,
-                       key: list[ColumnDef]) -> sql.Composed:
+                       key: list[ColumnDef], nullable_key: bool = False) -> sql.Composed:
     cond = [sql.SQL("t.{0} = s.{0}").format(sql.Identifier(site_column))]
-    cond += [sql.SQL("t.{0} = s.{0}").format(sql.Identifier(c.name)) for c in key]
+    cond += [sql.SQL("t.{0}{1}s.{0}").format(sql.Identifier(c.name), _equal(nullable_key))
+             for c in key]
     return sql.SQL("DELETE FROM {} AS t USING {} AS s WHERE {}").format(
         target, sql.Identifier(stage), sql.SQL(" AND ").join(cond))
 
@@ -150,10 +160,10 @@ def delete_site_rows(target: sql.Identifier, site_column: str) -> sql.Composed:
 
 
 def update_row(target: sql.Identifier, site_column: str, set_columns: list[ColumnDef],
-               key: list[ColumnDef]) -> sql.Composed:
+               key: list[ColumnDef], nullable_key: bool = False) -> sql.Composed:
     """UPDATE of some columns of one row; parameters: set values, site id, old key values."""
     sets = [sql.SQL("{} = %s").format(sql.Identifier(c.name)) for c in set_columns]
     cond = [sql.SQL("{} = %s").format(sql.Identifier(site_column))]
-    cond += [sql.SQL("{} = %s").format(sql.Identifier(c.name)) for c in key]
+    cond += [sql.SQL("{}{}%s").format(sql.Identifier(c.name), _equal(nullable_key)) for c in key]
     return sql.SQL("UPDATE {} SET {} WHERE {}").format(
         target, sql.SQL(", ").join(sets), sql.SQL(" AND ").join(cond))

@@ -66,6 +66,7 @@ class Target:
     table: str
     ident: sql.Identifier
     columns: tuple[ColumnDef, ...]  # the version's columns, cloud-side names
+    nullable_key: bool = False  # the key may hold NULLs (compare with IS NOT DISTINCT FROM)
 
     @property
     def qualified(self) -> str:
@@ -173,6 +174,32 @@ class CloudTables:
             (site_id, schema, table)).fetchall()
         return {r[0]: (r[1], r[2]) for r in rows}
 
+    def _follow_incarnation(self, conn: psycopg.Connection, site_id: str, version: TableVersion,
+                            schema: str, table: str, table_exists: bool) -> None:
+        """A site table with a new OID was dropped and created again: the site's rows of the
+        old one are gone at the site, so they go from the cloud too, with what was known of
+        its columns."""
+        if version.relid is None:
+            return
+        meta = sql.Identifier(q.META_SCHEMA, "site_tables")
+        row = conn.execute(sql.SQL("SELECT relid FROM {} WHERE site_id = %s AND table_schema = %s"
+                                   " AND table_name = %s").format(meta),
+                           (site_id, schema, table)).fetchone()
+        if row is not None and row[0] != version.relid and table_exists:
+            cur = conn.execute(q.delete_site_rows(q.qualified(schema, table), self.site_column),
+                               (site_id,))
+            conn.execute(sql.SQL("DELETE FROM {} WHERE site_id = %s AND table_schema = %s AND"
+                                 " table_name = %s").format(
+                sql.Identifier(q.META_SCHEMA, "site_columns")), (site_id, schema, table))
+            log.warning("site table dropped and created again: the site's old rows removed",
+                        extra={"site": site_id, "table": f"{schema}.{table}",
+                               "site_table": version.qualified, "rows": cur.rowcount})
+        if row is None or row[0] != version.relid:
+            conn.execute(sql.SQL(
+                "INSERT INTO {} (site_id, table_schema, table_name, relid) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (site_id, table_schema, table_name) DO UPDATE SET relid = excluded.relid"
+            ).format(meta), (site_id, schema, table, version.relid))
+
     def _follow_site(self, conn: psycopg.Connection, site_id: str, version: TableVersion,
                      schema: str, table: str, existing: dict[str, str] | None,
                      where: str) -> tuple[dict[str, str], list[ColumnDef]]:
@@ -238,13 +265,15 @@ class CloudTables:
         for col in version.columns:
             self._ensure_types(conn, col, where)
         existing = self._columns(conn, schema, table)
+        self._follow_incarnation(conn, site_id, version, schema, table, existing is not None)
         mapping, refill = self._follow_site(conn, site_id, version, schema, table, existing, where)
         columns = tuple(replace(c, name=mapping[c.name]) for c in version.columns)
         if existing is None:
             if not self.create:
                 raise ApplyError(f"{where} does not exist and sink.create_tables is false")
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-            conn.execute(q.create_table(schema, table, self.site_column, columns))
+            conn.execute(q.create_table(schema, table, self.site_column, columns,
+                                        version.nullable_key))
             log.info("created cloud table", extra={"table": f"{schema}.{table}",
                                                     "from": version.qualified})
         else:
@@ -282,4 +311,4 @@ class CloudTables:
             log.info("set older rows of an added column", extra={
                 "table": f"{schema}.{table}", "column": mapping[col.name], "site": site_id,
                 "value": col.missing})
-        return Target(schema, table, q.qualified(schema, table), columns)
+        return Target(schema, table, q.qualified(schema, table), columns, version.nullable_key)
