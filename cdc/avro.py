@@ -32,6 +32,10 @@ from cdc.values import avro_type
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 _FP = struct.Struct("<Q")
+CONFLUENT_MAGIC = b"\x00"
+_ID = struct.Struct(">I")
+#: schema identities at or above this are Confluent registry IDs (plus this base)
+REGISTRY_ID_BASE = 1 << 64
 
 OPS = ["c", "u", "d", "r", "t"]
 
@@ -136,9 +140,18 @@ class Codec:
 
     @classmethod
     def of(cls, schema: dict[str, Any]) -> "Codec":
+        """Self-contained framing: single-object encoding, identified by the fingerprint."""
         fp = schema_fingerprint(schema)
         return cls(schema=schema, parsed=parse_schema(schema), fingerprint=fp,
                    header=SINGLE_OBJECT_MAGIC + _FP.pack(fp))
+
+    @classmethod
+    def registered(cls, schema: dict[str, Any], schema_id: int) -> "Codec":
+        """Confluent wire format: magic byte 0, then the registry's 4-byte schema ID. Its
+        identity (``fingerprint``) is ``REGISTRY_ID_BASE + id``, apart from every CRC-64."""
+        return cls(schema=schema, parsed=parse_schema(schema),
+                   fingerprint=REGISTRY_ID_BASE + schema_id,
+                   header=CONFLUENT_MAGIC + _ID.pack(schema_id))
 
     @property
     def kind(self) -> str:
@@ -152,7 +165,7 @@ class Codec:
 
     def decode_body(self, data: bytes | memoryview) -> Any:
         """Decode a single-object message whose header has been checked to be ours."""
-        return schemaless_reader(io.BytesIO(data[10:]), self.parsed, None)
+        return schemaless_reader(io.BytesIO(data[len(self.header):]), self.parsed, None)
 
 
 def without_logical_types(schema: Any) -> Any:
@@ -167,10 +180,14 @@ def without_logical_types(schema: Any) -> Any:
 
 
 def read_fingerprint(data: bytes | memoryview, where: str = "") -> int:
-    """The schema fingerprint of a single-object encoded message."""
-    if len(data) < 10 or data[:2] != SINGLE_OBJECT_MAGIC:
-        raise SchemaError(f"{where}: not Avro single-object encoding (first bytes {bytes(data[:2])!r})")
-    return _FP.unpack_from(data, 2)[0]
+    """The schema identity of a message in either framing: the fingerprint of a single-object
+    encoded one, ``REGISTRY_ID_BASE`` + the schema ID of a Confluent wire-format one."""
+    if len(data) >= 10 and data[:2] == SINGLE_OBJECT_MAGIC:
+        return _FP.unpack_from(data, 2)[0]
+    if len(data) >= 5 and data[:1] == CONFLUENT_MAGIC:
+        return REGISTRY_ID_BASE + _ID.unpack_from(data, 1)[0]
+    raise SchemaError(f"{where}: neither Avro single-object encoding nor the Confluent wire "
+                      f"format (first bytes {bytes(data[:2])!r})")
 
 
 def schema_json(schema: dict[str, Any]) -> str:

@@ -13,13 +13,11 @@ Pure: text in, numbers out, and the reverse.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 
 DAY_US = 86_400_000_000
 _UNIX_ORDINAL = date(1970, 1, 1).toordinal()
 _EPOCH = datetime(1970, 1, 1)
-_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ONE_US = timedelta(microseconds=1)
 _MIN_FAST_DAYS = date(1, 1, 1).toordinal() - _UNIX_ORDINAL
 _MAX_FAST_DAYS = date(9999, 12, 31).toordinal() - _UNIX_ORDINAL
 
@@ -79,15 +77,40 @@ def _fraction_us(digits: bytes | None) -> int:
     return int(digits.ljust(6, b"0")) if digits else 0
 
 
+_WALL: dict[bytes, int] = {}  # b"YYYY-MM-DD HH:MM:SS" -> seconds from 1970 (AD, 4-digit years)
+
+
 def timestamp_micros(raw: bytes) -> int:
     """``2024-02-29 12:00:00.5[+05:30][ BC]`` -> microseconds from 1970-01-01 (UTC when an
-    offset is given, else the wall-clock reading as if it were UTC, as Avro's local timestamp)."""
-    try:  # the common case, four-digit AD years: datetime parses ISO text in C
-        moment = datetime.fromisoformat(raw.decode())
-    except ValueError:
-        pass
-    else:
-        return (moment - (_EPOCH if moment.tzinfo is None else _EPOCH_UTC)) // _ONE_US
+    offset is given, else the wall-clock reading as if it were UTC, as Avro's local timestamp).
+
+    The source's hot path: a stream's timestamps cluster, so whole seconds are cached, and the
+    common tails (none, ``+00``, a fraction) are read without a regular expression."""
+    rest = raw[19:]
+    if raw[4:5] == b"-" and (not rest or rest == b"+00" or rest[:1] == b"."):
+        seconds = _WALL.get(raw[:19])
+        if seconds is None:
+            seconds = _wall_seconds(raw[:19])
+        if not rest or rest == b"+00":
+            return seconds * 1_000_000
+        tail = rest[1:]
+        if tail.endswith(b"+00"):
+            tail = tail[:-3]
+        if 0 < len(tail) <= 6 and tail.isdigit():
+            return seconds * 1_000_000 + int(tail.ljust(6, b"0"))
+    return _timestamp_micros_any(raw)
+
+
+def _wall_seconds(head: bytes) -> int:
+    seconds = (datetime.fromisoformat(head.decode()) - _EPOCH) // timedelta(seconds=1)
+    if len(_WALL) >= 65536:
+        _WALL.clear()
+    _WALL[head] = seconds
+    return seconds
+
+
+def _timestamp_micros_any(raw: bytes) -> int:
+    """Any ISO timestamp PostgreSQL prints: offsets with minutes and seconds, BC, long years."""
     m = _TIMESTAMP.match(raw)
     if m is None:
         raise TemporalFormatError(f"not an ISO timestamp: {raw!r}")
@@ -127,16 +150,34 @@ def time_text(micros: int) -> str:
     return f"{hour:02d}:{minute:02d}:{second:02d}"
 
 
+_SECONDS: dict[int, str] = {}  # seconds from 1970 -> "YYYY-MM-DD HH:MM:SS" (AD years only)
+
+
 def timestamp_text(micros: int, utc: bool) -> str:
-    """Microseconds from 1970-01-01 -> ISO timestamp text; ``+00`` appended for ``utc``."""
+    """Microseconds from 1970-01-01 -> ISO timestamp text; ``+00`` appended for ``utc``.
+
+    The sink's hot path: a stream's timestamps cluster, so whole seconds are cached."""
+    seconds, us = divmod(micros, 1_000_000)
+    head = _SECONDS.get(seconds)
+    if head is None:
+        days = seconds // 86400
+        if not _MIN_FAST_DAYS <= days <= _MAX_FAST_DAYS:
+            return _timestamp_text_wide(micros, utc)
+        head = (_EPOCH + timedelta(seconds=seconds)).isoformat(" ")
+        if len(_SECONDS) >= 65536:
+            _SECONDS.clear()
+        _SECONDS[seconds] = head
+    if us:
+        head = f"{head}.{us:06d}"
+    return head + "+00" if utc else head
+
+
+def _timestamp_text_wide(micros: int, utc: bool) -> str:
+    """Years outside 1..9999, BC included (``BC`` goes last, after the offset)."""
     days, us = divmod(micros, DAY_US)
-    if _MIN_FAST_DAYS <= days <= _MAX_FAST_DAYS:
-        text = (_EPOCH + timedelta(microseconds=micros)).isoformat(" ")
-        return text + "+00" if utc else text
     head = date_text(days)
     bc = head.endswith(" BC")
     if bc:
         head = head[:-3]
     text = f"{head} {time_text(us)}{'+00' if utc else ''}"
     return text + " BC" if bc else text
-

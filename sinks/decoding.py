@@ -64,6 +64,7 @@ class EnvelopeDecoder:
     def __init__(self, codec: Codec, version: TableVersion) -> None:
         self.codec = codec
         self.version = version
+        self._header_len = len(codec.header)
         self.fields = tuple(c.field for c in version.columns)
         row = codec.schema["fields"][0]["type"][1]
         found = [kind_of_avro_type(f["type"]) for f in row["fields"]]
@@ -140,7 +141,7 @@ class EnvelopeDecoder:
     def decode(self, data: bytes) -> tuple[Change, str]:
         """(change, site named in its source block)."""
         if not self.fast:
-            rec = schemaless_reader(io.BytesIO(data[10:]), self._raw, None)
+            rec = schemaless_reader(io.BytesIO(data[self._header_len:]), self._raw, None)
             return (Change(self.version, rec["op"], self._text(rec["before"]),
                            self._text(rec["after"]), rec["unchanged_toast"]),
                     rec["source"]["site"])
@@ -151,7 +152,7 @@ class EnvelopeDecoder:
                               f"{self.codec.fingerprint:016x}: {exc}") from exc
 
     def _decode(self, buf: bytes) -> tuple[Change, str]:
-        pos = 10  # single-object header
+        pos = self._header_len  # single-object or Confluent wire-format header
         before = after = None
         if buf[pos] == 2:
             before, pos = self._row(buf, pos + 1)

@@ -1,10 +1,14 @@
 """Type naming by OID and typmod, and text -> value conversion."""
 
 import math
+from datetime import datetime, timedelta
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from cdc.errors import TypeMappingError
+from cdc.temporal import (DAY_US, _timestamp_micros_any, days_from_civil, timestamp_micros,
+                          timestamp_text)
 from cdc.values import (CONVERTERS, avro_type, builtin_type_sql, column_type, converter,
                         decimal_unscaled, kind_of_avro_type, text_converter, value_kind)
 
@@ -103,3 +107,14 @@ def test_each_type_travels_as_its_natural_avro_kind(oid: int, typmod: int, kind:
     assert value_kind(oid, typmod) == kind
     assert kind_of_avro_type(avro_type(kind, True)) == (kind, True)
     assert kind_of_avro_type(avro_type(kind, False)) == (kind, False)
+
+
+@settings(max_examples=300)
+@given(st.integers(days_from_civil(-4713, 11, 24) * DAY_US, days_from_civil(294277, 1, 1) * DAY_US - 1),
+       st.booleans())
+def test_timestamp_text_and_back_agree_with_the_general_parser(micros: int, utc: bool) -> None:
+    text = timestamp_text(micros, utc).encode()
+    assert timestamp_micros(text) == _timestamp_micros_any(text) == micros
+    if -62135596800000000 <= micros < 253402300800000000:  # years 1..9999: datetime agrees
+        moment = datetime(1970, 1, 1) + timedelta(microseconds=micros)
+        assert text.decode() == moment.isoformat(" ") + ("+00" if utc else "")
