@@ -84,13 +84,15 @@ def _column_field(col: Any, nullable: bool) -> dict[str, Any]:
             **({"default": None} if nullable else {})}
 
 
-def envelope_schema(info: TableInfo) -> dict[str, Any]:
-    """The value schema of a table version's change events."""
+def envelope_schema(info: TableInfo, stable_names: bool = False) -> dict[str, Any]:
+    """The value schema of a table version's change events (``stable_names``: record names
+    without the version hash, for the registry framing, whose IDs tell versions apart)."""
     namespace = f"tributary.{_name_part(info.schema)}.{_name_part(info.table)}"
     row = {"type": "record", "name": "Row",
            "fields": [_column_field(c, nullable=True) for c in info.columns]}
     return {
-        "type": "record", "name": f"Envelope_{_metadata_hash(info)}", "namespace": namespace,
+        "type": "record", "namespace": namespace,
+        "name": "Envelope" if stable_names else f"Envelope_{_metadata_hash(info)}",
         "tributary.kind": "change",
         "pg.schema": info.schema, "pg.table": info.table, "pg.relid": info.oid,
         "pg.replica_identity": info.replica_identity,
@@ -106,13 +108,14 @@ def envelope_schema(info: TableInfo) -> dict[str, Any]:
     }
 
 
-def key_schema(info: TableInfo) -> dict[str, Any]:
+def key_schema(info: TableInfo, stable_names: bool = False) -> dict[str, Any]:
     """The record-key schema of a table version: table identity plus key columns."""
     namespace = f"tributary.{_name_part(info.schema)}.{_name_part(info.table)}"
     key_row = {"type": "record", "name": "KeyRow",
                "fields": [_column_field(c, nullable=info.nullable_key) for c in info.key_columns]}
     return {
-        "type": "record", "name": f"Key_{_metadata_hash(info)}", "namespace": namespace,
+        "type": "record", "namespace": namespace,
+        "name": "Key" if stable_names else f"Key_{_metadata_hash(info)}",
         "tributary.kind": "key",
         "fields": [
             {"name": "schema", "type": "string"},

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cdc.errors import ConfigError
 
 SITE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}\Z")
-_SECRET_KEY_RE = re.compile(r"password|secret|token|key\.pem|jaas", re.IGNORECASE)
+_SECRET_KEY_RE = re.compile(r"password|secret|token|key\.pem|jaas|user\.info", re.IGNORECASE)
 _DSN_PASSWORD_RE = re.compile(r"(password\s*=\s*)(\S+)|(://[^:/@\s]+:)([^@\s]+)(@)", re.IGNORECASE)
 
 
@@ -86,6 +86,10 @@ class KafkaConfig(_Section):
     topic_prefix: str = "tributary"
     config: dict[str, str | int | float | bool] = {}
     topic_config: dict[str, str] = {}
+    #: Confluent Schema Registry (wire format 0x00 + schema ID); unset: self-contained mode
+    schema_registry_url: str | None = None
+    #: more registry client settings, e.g. "basic.auth.user.info"
+    schema_registry_config: dict[str, str] = {}
 
     @field_validator("topic_prefix")
     @classmethod
@@ -115,9 +119,17 @@ class KafkaConfig(_Section):
     def redacted(self) -> dict[str, Any]:
         return {k: ("***" if _SECRET_KEY_RE.search(k) else v) for k, v in self.config.items()}
 
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"(https?|mock)://", v):
+            raise ValueError("must start with http://, https:// or mock:// (tests)")
+        return v
+
     def __repr__(self) -> str:
         return (f"KafkaConfig(bootstrap_servers={self.bootstrap_servers!r}, "
-                f"topic_prefix={self.topic_prefix!r}, config={self.redacted()!r})")
+                f"topic_prefix={self.topic_prefix!r}, config={self.redacted()!r}, "
+                f"schema_registry_url={redact_dsn(self.schema_registry_url or '') or None!r})")
 
 
 class SinkConfig(_Section):

@@ -20,6 +20,7 @@ from cdc.avro_rows import BRANCH1, NULL, OP_BYTES, RowEncoder, text, toast_array
 from cdc.enum_labels import enum_checks, unknown_label
 from cdc.errors import DecodeError
 from cdc.pgoutput import Begin, Commit, Delete, Insert, Message, Relation, Truncate, Update, pg_us_to_unix_us
+from cdc.registry import Framing, SelfContained
 from cdc.relations import ColumnLookup, KeyLookup, RelationCache, TableInfo
 from cdc.values import TypeLookup
 
@@ -48,10 +49,10 @@ class _TableCodec:
 
     __slots__ = ("info", "value", "key", "rows", "key_prefix", "name_bytes", "enums")
 
-    def __init__(self, info: TableInfo) -> None:
+    def __init__(self, info: TableInfo, framing: Framing) -> None:
         self.info = info
-        self.value = Codec.of(envelope_schema(info))
-        self.key = Codec.of(key_schema(info))
+        self.value = framing.codec(envelope_schema(info, framing.stable_names))
+        self.key = framing.codec(key_schema(info, framing.stable_names))
         self.rows = RowEncoder([c.kind for c in info.columns], [c.field for c in info.columns],
                                [i for i, c in enumerate(info.columns) if c.is_key],
                                info.qualified, info.nullable_key)
@@ -66,14 +67,16 @@ class EventBuilder:
     def __init__(self, site: SiteIdentity, lookup: TypeLookup | None = None,
                  on_new_schema: Callable[[Codec], None] | None = None,
                  key_lookup: KeyLookup | None = None,
-                 column_lookup: ColumnLookup | None = None) -> None:
+                 column_lookup: ColumnLookup | None = None,
+                 framing: Framing | None = None) -> None:
         self.site = site
+        self._framing: Framing = framing or SelfContained()
         self.relations = RelationCache(lookup, key_lookup, column_lookup)
         self._codecs: dict[int, _TableCodec] = {}  # relation OID -> its current version's codec
         self._by_info: dict[TableInfo, _TableCodec] = {}
         self._on_new_schema = on_new_schema
-        self._begin = Codec.of(control_schema("begin"))
-        self._commit = Codec.of(control_schema("commit"))
+        self._begin = self._framing.codec(control_schema("begin"))
+        self._commit = self._framing.codec(control_schema("commit"))
         self._announced: set[int] = set()
         self._refreshed: set[tuple[int, bytes]] = set()
         self._xid = 0
@@ -102,7 +105,7 @@ class EventBuilder:
             info = self.relations.get(oid)
             codec = self._by_info.get(info)
             if codec is None:  # a table version not seen before (Relation messages repeat)
-                codec = self._by_info[info] = _TableCodec(info)
+                codec = self._by_info[info] = _TableCodec(info, self._framing)
                 self._announce(codec.value)
                 self._announce(codec.key)
             self._codecs[oid] = codec

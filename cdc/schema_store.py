@@ -14,9 +14,10 @@ import uuid
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from cdc.avro import Codec, schema_json
+from cdc.avro import REGISTRY_ID_BASE, Codec, schema_json
 from cdc.config import KafkaConfig
 from cdc.errors import DeliveryError, SchemaError
+from cdc.registry import RegistrySchemas, registry_client
 from cdc.topics import client_config, ensure_topic
 
 log = logging.getLogger(__name__)
@@ -108,3 +109,24 @@ class SchemaRegistry:
                 raise SchemaError(f"timed out reading schema topic {topic}")
         finally:
             consumer.close()
+
+
+class SchemaResolver:
+    """Sink side: a message's schema identity -> Codec, in either framing: fingerprints from
+    the schema topic, Confluent schema IDs from the registry (``kafka.schema_registry_url``)."""
+
+    def __init__(self, kafka: KafkaConfig) -> None:
+        self._kafka = kafka
+        self._topic = SchemaRegistry(kafka)
+        self._registry: RegistrySchemas | None = None
+
+    def get(self, identity: int, where: str = "") -> Codec:
+        if identity < REGISTRY_ID_BASE:
+            return self._topic.get(identity, where)
+        if self._registry is None:
+            if not self._kafka.schema_registry_url:
+                raise SchemaError(f"{where}: message in the Confluent wire format (schema ID "
+                                  f"{identity - REGISTRY_ID_BASE}) but kafka.schema_registry_url "
+                                  "is not set")
+            self._registry = RegistrySchemas(registry_client(self._kafka))
+        return self._registry.get(identity, where)

@@ -27,6 +27,7 @@ from cdc.pgoutput import Commit, decode_frame, decode_message
 from cdc.pgsession import pinned_conninfo
 from cdc.producer import EventProducer
 from cdc.progress import SourceProgress
+from cdc.registry import Framing, RegistryFraming, SelfContained, registry_client
 from cdc.schema_store import SchemaPublisher
 from cdc.slots import (
     SiteTable, column_lookup, ensure_publication, ensure_slot, list_tables, matches,
@@ -122,12 +123,16 @@ class Source:
             went_back = wal_went_back(last, system.system_id, system.timeline, system.xlogpos)
             if went_back:
                 raise ReplicationError(f"site {site.id}: {went_back}")
-            publisher = SchemaPublisher(kafka)
             identity = SiteIdentity(site.id, system.system_id, system.timeline, slot.name,
                                     system.database)
-            builder = EventBuilder(identity, type_lookup(conn), on_new_schema=publisher.publish,
+            if kafka.schema_registry_url:  # Confluent wire format: the registry holds schemas
+                framing: Framing = RegistryFraming(registry_client(kafka), topic)
+                on_new_schema = None
+            else:  # self-contained: schemas in the compacted schema topic, acked before use
+                framing, on_new_schema = SelfContained(), SchemaPublisher(kafka).publish
+            builder = EventBuilder(identity, type_lookup(conn), on_new_schema=on_new_schema,
                                    key_lookup=primary_key_lookup(conn),
-                                   column_lookup=column_lookup(conn))
+                                   column_lookup=column_lookup(conn), framing=framing)
             progress = SourceProgress(slot.confirmed_flush_lsn)
             producer = EventProducer(kafka, topic, progress)
             stream = ReplicationStream(repl, slot.name, site.publication, slot.confirmed_flush_lsn)

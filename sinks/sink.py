@@ -28,7 +28,7 @@ from cdc.errors import ApplyError, ConnectionLost, DecodeError, SchemaError
 from cdc.lsn import format_lsn
 from cdc.pgsession import pinned_conninfo
 from cdc.retry import run_with_backoff
-from cdc.schema_store import SchemaRegistry
+from cdc.schema_store import SchemaResolver
 from cdc.topics import client_config, kafka_error_logger
 from sinks import progress_store
 from sinks.applier import Applier
@@ -146,7 +146,7 @@ class Sink:
         self.kafka = config.kafka
         self.stop = stop or threading.Event()
         self.stats = SinkStats()
-        self.registry = SchemaRegistry(config.kafka)
+        self.registry = SchemaResolver(config.kafka)
         self._decoders: dict[int, EnvelopeDecoder] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
