@@ -145,8 +145,8 @@ def time_text(micros: int) -> str:
     seconds, us = divmod(micros, 1_000_000)
     minutes, second = divmod(seconds, 60)
     hour, minute = divmod(minutes, 60)
-    if us:
-        return f"{hour:02d}:{minute:02d}:{second:02d}.{us:06d}"
+    if us:  # as PostgreSQL prints it: no trailing zeros
+        return f"{hour:02d}:{minute:02d}:{second:02d}.{us:06d}".rstrip("0")
     return f"{hour:02d}:{minute:02d}:{second:02d}"
 
 
@@ -167,8 +167,8 @@ def timestamp_text(micros: int, utc: bool) -> str:
         if len(_SECONDS) >= 65536:
             _SECONDS.clear()
         _SECONDS[seconds] = head
-    if us:
-        head = f"{head}.{us:06d}"
+    if us:  # as PostgreSQL prints it: no trailing zeros
+        head = f"{head}.{us:06d}".rstrip("0")
     return head + "+00" if utc else head
 
 

@@ -77,7 +77,7 @@ def test_logical_kinds_give_back_the_text_postgresql_printed(kind: str, texts: l
     to_avro, to_text = converter(kind), text_converter(kind)
     assert to_text is not None
     for text in texts:
-        assert to_text(to_avro(text.encode())) == text.replace(".5+", ".500000+"), text
+        assert to_text(to_avro(text.encode())) == text, text
 
 
 def test_timestamps_past_the_avro_long_travel_as_text() -> None:
@@ -117,4 +117,6 @@ def test_timestamp_text_and_back_agree_with_the_general_parser(micros: int, utc:
     assert timestamp_micros(text) == _timestamp_micros_any(text) == micros
     if -62135596800000000 <= micros < 253402300800000000:  # years 1..9999: datetime agrees
         moment = datetime(1970, 1, 1) + timedelta(microseconds=micros)
-        assert text.decode() == moment.isoformat(" ") + ("+00" if utc else "")
+        iso = moment.isoformat(" ")
+        iso = iso.rstrip("0") if "." in iso else iso
+        assert text.decode() == iso + ("+00" if utc else "")
