@@ -48,3 +48,5 @@ def setup_logging(fmt: str = "json", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for noisy in ("httpx", "httpx2", "httpcore"):  # the registry client logs every request
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -27,7 +27,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from cdc.avro import REGISTRY_ID_BASE, Codec, schema_json
 from cdc.config import KafkaConfig
-from cdc.errors import SchemaError
+from cdc.errors import ConnectionLost, SchemaError
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,9 @@ class RegistryFraming:
             raise SchemaError(f"schema registry refused the schema{what} under subject "
                               f"{subject} (HTTP {exc.http_status_code}, code {exc.error_code}): "
                               f"{exc.error_message}") from exc
-        except Exception as exc:  # the registry is I/O: unreachable, timeouts
-            raise SchemaError(f"cannot register subject {subject} with the schema registry: "
-                              f"{exc}") from exc
+        except Exception as exc:  # unreachable, timeouts: retried like a lost connection
+            raise ConnectionLost(f"cannot register subject {subject} with the schema registry: "
+                                 f"{exc}") from exc
         log.info("registered schema", extra={"subject": subject, "id": schema_id})
         return Codec.registered(schema, schema_id)
 
@@ -107,9 +107,9 @@ class RegistrySchemas:
             except SchemaRegistryError as exc:
                 raise SchemaError(f"{where}: schema ID {schema_id} not in the schema registry: "
                                   f"{exc.error_message}") from exc
-            except Exception as exc:
-                raise SchemaError(f"{where}: cannot fetch schema ID {schema_id} from the schema "
-                                  f"registry: {exc}") from exc
+            except Exception as exc:  # unreachable, timeouts: retried like a lost connection
+                raise ConnectionLost(f"{where}: cannot fetch schema ID {schema_id} from the "
+                                     f"schema registry: {exc}") from exc
             codec = self._codecs[schema_id] = Codec.registered(json.loads(found.schema_str),
                                                                schema_id)
         return codec

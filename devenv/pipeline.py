@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def site_config(path: Path, site_id: str, dsn: str, kafka: str, prefix: str,
                 extra: str = "", slot: str | None = None, tables: str = "public.*",
-                publication: str = "tributary", status_interval_s: float = 1) -> Path:
+                publication: str = "tributary", status_interval_s: float = 1,
+                kafka_extra: str = "") -> Path:
     """A site config file (status every second by default: tests wait on slot positions)."""
     path.write_text(f"""
 [site]
@@ -35,6 +36,7 @@ status_interval_s = {status_interval_s}
 [kafka]
 bootstrap_servers = "{kafka}"
 topic_prefix = "{prefix}"
+{kafka_extra}
 
 [log]
 format = "json"
@@ -44,8 +46,8 @@ format = "json"
 
 
 def cloud_config(path: Path, dsn: str, kafka: str, prefix: str, group: str,
-                 extra: str = "") -> Path:
-    """A cloud config file; ``extra`` lines go into [sink]."""
+                 extra: str = "", kafka_extra: str = "") -> Path:
+    """A cloud config file; ``extra`` lines go into [sink], ``kafka_extra`` into [kafka]."""
     path.write_text(f"""
 [sink]
 dsn = "{dsn}"
@@ -55,6 +57,7 @@ group_id = "{group}"
 [kafka]
 bootstrap_servers = "{kafka}"
 topic_prefix = "{prefix}"
+{kafka_extra}
 """)
     return path
 

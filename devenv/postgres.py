@@ -51,8 +51,8 @@ _DEBIAN_ROOT = Path("/usr/lib/postgresql")
 BASE_SETTINGS: dict[str, str] = {
     "listen_addresses": "127.0.0.1",
     "wal_level": "logical",
-    "max_replication_slots": "20",
-    "max_wal_senders": "20",
+    "max_replication_slots": "50",
+    "max_wal_senders": "50",
     "fsync": "off",
     "synchronous_commit": "off",
     "full_page_writes": "off",

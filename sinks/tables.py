@@ -253,8 +253,10 @@ class CloudTables:
             conn.execute(sql.SQL(
                 "INSERT INTO {} (site_id, table_schema, table_name, site_name, attnum, cloud_name)"
                 " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (site_id, table_schema, table_name,"
-                " site_name) DO UPDATE SET attnum = excluded.attnum, cloud_name = excluded.cloud_name"
-            ).format(sql.Identifier(q.META_SCHEMA, "site_columns")),
+                " site_name) DO UPDATE SET cloud_name = excluded.cloud_name,"
+                # a version read after a later rename has no attnum for the old name: keep it
+                " attnum = coalesce(excluded.attnum, {}.attnum)"
+            ).format(sql.Identifier(q.META_SCHEMA, "site_columns"), sql.Identifier("site_columns")),
                 (site_id, schema, table, col.name, col.attnum, mapping[col.name]))
         return mapping, refill
 

@@ -9,6 +9,8 @@ Session fixtures
     kafka_libs     the Kafka broker jars (fetched once into ~/.cache/tributary)
     kafka_broker   one KafkaBroker for the whole session (do not kill9 it; start
                    your own ``KafkaBroker(tmp_path, libs=kafka_libs)`` for crash tests)
+    schema_registry  Apicurio Registry (Confluent API, BACKWARD compatibility), fetched
+                   once into ~/.cache/tributary and started on first use
 Function fixture
     unique_name    ``unique_name(prefix) -> str`` fresh topic/database/group names
 
@@ -28,6 +30,7 @@ import pytest
 from devenv import unique_name as _unique_name
 from devenv.kafka import KafkaBroker, ensure_kafka
 from devenv.postgres import PgCluster, ensure_postgres_installed
+from devenv.registry import SchemaRegistryServer
 
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
 
@@ -109,6 +112,16 @@ def kafka_broker(kafka_libs: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SchemaRegistryServer]:
+    """A real schema registry (Apicurio, Confluent API), started on first use."""
+    server = SchemaRegistryServer(tmp_path_factory.mktemp("registry")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -45,10 +45,12 @@ class Pipeline:
 
     def __init__(self, tmp_path: Path, pg_factory: Callable[..., Any], kafka_broker: Any,
                  unique_name: Callable[[str], str], sites: tuple[str, ...] = ("a", "b"),
-                 sink_extra: str = "", cluster_suffix: str = "") -> None:
+                 sink_extra: str = "", cluster_suffix: str = "",
+                 registry_url: str | None = None) -> None:
         self.tmp = tmp_path
         self.prefix = unique_name("t")
         self.kafka = kafka_broker.bootstrap_servers
+        kafka_extra = f'schema_registry_url = "{registry_url}"' if registry_url else ""
         self.clusters: dict[str, Any] = {}
         cloud = self.clusters["cloud"] = pg_factory("cloud" + cluster_suffix)
         self.cloud_dsn = cloud.create_database(unique_name("cloud"))
@@ -60,10 +62,10 @@ class Pipeline:
             execute(dsn, *SCHEMA)
             self.site_dsn[site] = dsn
             cfg = site_config(tmp_path / f"{site}.toml", site, dsn, self.kafka, self.prefix,
-                              slot=unique_name(f"slot_{site}"))
+                              slot=unique_name(f"slot_{site}"), kafka_extra=kafka_extra)
             self.sources[site] = Daemon("source", cfg, tmp_path, f"source-{site}")
         cfg = cloud_config(tmp_path / "cloud.toml", self.cloud_dsn, self.kafka, self.prefix,
-                           unique_name("group"), sink_extra)
+                           unique_name("group"), sink_extra, kafka_extra)
         self.sink = Daemon("sink", cfg, tmp_path, "sink")
 
     @property
