@@ -20,7 +20,7 @@ _IDENT = r'(?:[a-z_][a-z0-9_$]*|"(?:[^"]|"")+")'
 _TYPE_RE = re.compile(
     r"(?:interval(?: (?:year|month|day|hour|minute|second)(?: to (?:month|hour|minute|second))?)"
     rf"|(?:{_IDENT}\.)?{_IDENT}(?: precision| varying)?)"  # name, maybe schema-qualified
-    r"(?:\(\d+(?:,-?\d+)?\))?"  # modifiers
+    r"(?:\(\w+(?:, ?-?\w+)*\))?"  # modifiers: numbers, or words (geometry(Point,4326))
     r"(?: with(?:out)? time zone)?"
     r"(?:\[\])*\Z")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from pathlib import Path
 from typing import Callable
 
 import psycopg
@@ -226,13 +227,16 @@ USER_TYPES = [
     'CREATE TYPE kinds."Address" AS (street text, zip kinds.code, mood kinds.mood)',
     "CREATE TYPE kinds.floatrange AS RANGE (subtype = float8)",
     "CREATE TABLE gallery (id kinds.code PRIMARY KEY, m kinds.mood, ms kinds.mood[],"
-    ' p kinds.price, a kinds."Address", r kinds.floatrange, h hstore, ps kinds.price[])',
+    ' p kinds.price, a kinds."Address", r kinds.floatrange, h hstore, ps kinds.price[],'
+    ' aa kinds."Address"[])',
 ]
-GALLERY = ["m", "ms", "p", "a", "r", "h", "ps"]
+GALLERY = ["m", "ms", "p", "a", "r", "h", "ps", "aa"]
 GALLERY_ROWS = [
     "INSERT INTO gallery VALUES ('a1', 'sad', '{ok,happy ''quoted'',NULL}', 12.50,"
-    " ROW('Main St 1', 'Z-1', 'ok'), '[1.5,2.5)', 'a=>1, \"b c\"=>NULL', '{1.00,2.50}')",
-    "INSERT INTO gallery VALUES ('a2', NULL, '{}', 0, ROW(NULL, NULL, NULL), 'empty', '', NULL)",
+    " ROW('Main St 1', 'Z-1', 'ok'), '[1.5,2.5)', 'a=>1, \"b c\"=>NULL', '{1.00,2.50}',"
+    " ARRAY[ROW('x, \"y\"', NULL, 'sad')::kinds.\"Address\", NULL])",
+    "INSERT INTO gallery VALUES ('a2', NULL, '{}', 0, ROW(NULL, NULL, NULL), 'empty', '', NULL,"
+    " '{}')",
     "INSERT INTO gallery (id) VALUES ('a3')",
 ]
 
@@ -262,7 +266,7 @@ def test_enums_domains_composites_ranges_and_extension_types_arrive_intact(
     assert {c: cloud[c] for c in ["id", *GALLERY]} == {
         "id": "character varying(8)", "m": "kinds.mood", "ms": "kinds.mood[]",
         "p": "numeric(10,2)", "a": 'kinds."Address"', "r": "kinds.floatrange",
-        "h": "hstore", "ps": "numeric(10,2)[]"}
+        "h": "hstore", "ps": "numeric(10,2)[]", "aa": 'kinds."Address"[]'}
     # a label added at the site later reaches the cloud's enum, in the site's order
     execute(a, "ALTER TYPE kinds.mood ADD VALUE 'meh' AFTER 'sad'",
             "INSERT INTO gallery (id, m) VALUES ('a4', 'meh')")
@@ -294,3 +298,36 @@ def column_types_of(dsn: str, table: str) -> dict[str, str]:
             "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
             " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
             (f"public.{table}",)).fetchall())
+
+
+POSTGIS = Path("/usr/share/postgresql/15/extension/postgis.control")
+
+
+@pytest.mark.skipif(not POSTGIS.is_file(), reason="PostGIS is not installed (scripts/install-deps"
+                    " installs it as root: apt-get install postgresql-15-postgis-3)")
+def test_postgis_geometries_arrive_bit_for_bit(pipeline_factory: Callable[..., Pipeline]) -> None:
+    p = pipeline_factory(sites=("a",))
+    a = p.site_dsn["a"]
+    execute(a, "CREATE EXTENSION postgis",
+            "CREATE TABLE shapes (id int PRIMARY KEY, pt geometry(Point,4326), g geometry,"
+            " geo geography(Polygon,4326))")
+    execute(p.cloud_dsn, "CREATE EXTENSION postgis")
+    p.start()
+    execute(a, "INSERT INTO shapes VALUES"
+            " (1, 'SRID=4326;POINT(8.5417 47.3769)', 'LINESTRING(0 0, 1 1, 2 0.5)',"
+            "  'SRID=4326;POLYGON((0 0, 0 1, 1 1, 1 0, 0 0))'),"
+            " (2, NULL, 'GEOMETRYCOLLECTION EMPTY', NULL),"
+            " (3, 'SRID=4326;POINT(-180 -90)', 'POLYGON Z((0 0 1, 0 1 2, 1 1 3, 0 0 1))', NULL)",
+            "UPDATE shapes SET g = ST_Buffer(g, 0.5) WHERE id = 1")
+    p.sync("a")
+    query = ("SELECT id, pt::text, g::text, geo::text FROM public.shapes {} ORDER BY id")
+    with psycopg.connect(a) as conn:
+        site = conn.execute(query.format("")).fetchall()
+    with psycopg.connect(p.cloud_dsn) as conn:
+        cloud = conn.execute(query.format("WHERE site_id = 'a'")).fetchall()
+        types = conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE"
+                             " attrelid = 'public.shapes'::regclass AND attname IN ('pt', 'geo')"
+                             " ORDER BY attname").fetchall()
+    assert cloud == site  # hex EWKB: the same bytes
+    assert types == [("geography(Polygon,4326)",), ("geometry(Point,4326)",)]
+    p.stop()
