@@ -199,6 +199,16 @@ GENERATED: dict[str, st.SearchStrategy[str]] = {
         lambda p: p[0].replace(" BC", "") + p[1] + (" BC" if p[0].endswith(" BC") else "")),
     "ia": st.lists(st.one_of(st.none(), st.integers(-(2 ** 31), 2 ** 31 - 1)), max_size=5).map(
         lambda xs: "{" + ",".join("NULL" if x is None else str(x) for x in xs) + "}"),
+    "ta": st.lists(st.none() | _text(), max_size=4).map(
+        lambda xs: "{" + ",".join("NULL" if x is None else '"' + x.replace("\\", "\\\\")
+                                  .replace('"', '\\"') + '"' for x in xs) + "}"),
+    "iv": st.tuples(st.integers(-10 ** 6, 10 ** 6), st.integers(-11, 11), st.integers(-10 ** 5, 10 ** 5),
+                    st.integers(-(10 ** 12), 10 ** 12)).map(
+        lambda t: f"{t[0]} years {t[1]} mons {t[2]} days {t[3]} microseconds"),
+    "ip": st.ip_addresses().map(str),
+    "vb": st.text("01", max_size=70),
+    "ch": _text(st.characters(min_codepoint=32, max_codepoint=0x10FFFF, blacklist_categories=(
+        "Cs",))).map(lambda x: x[:5]),
 }
 
 
