@@ -1,0 +1,126 @@
+"""TimescaleDB sites: chunk changes become changes of their hypertable; compression is not data.
+
+A hypertable's rows live in chunk tables (``_timescaledb_internal._hyper_<h>_<n>_chunk``), so
+pgoutput reports every insert, update and delete as a change of a chunk. Compressing a chunk
+writes its rows into a ``compress_hyper_*`` chunk, and changes to compressed rows decompress them
+first; those writes are bracketed by logical messages ``::timescaledb-compression-start/-end``
+and ``::timescaledb-decompression-start/-end`` (DESIGN.md), and none of them is a change of the
+data. This filter sits between the decoder and the event builder:
+
+- a Relation of a chunk is renamed to its hypertable (and remembered by OID); one of a chunk of
+  an internal hypertable (compressed storage) or of TimescaleDB's catalog is dropped;
+- every change between a ``-start`` marker and its ``-end`` marker is dropped, deletes included,
+  and so are the markers; changes of dropped relations are dropped;
+- everything else passes unchanged.
+
+Pure: the chunk -> hypertable map comes in through a lookup (the site catalog, or a recorded
+``catalog.json`` in tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from cdc.pgoutput import Begin, Delete, Insert, Message, Relation, Truncate, Update
+
+log = logging.getLogger(__name__)
+
+#: schemas whose tables are TimescaleDB's own, never data of the site
+INTERNAL_SCHEMAS = frozenset({
+    "_timescaledb_internal", "_timescaledb_catalog", "_timescaledb_config", "_timescaledb_cache",
+    "_timescaledb_functions", "_timescaledb_debug", "timescaledb_information",
+    "timescaledb_experimental"})
+CHUNK_SCHEMA = "_timescaledb_internal"
+_MARKER = re.compile(r"::timescaledb-(de)?compression-(start|end)\Z")
+_CHUNK_NAME = re.compile(r"_hyper_(\d+)_\d+_chunk\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Hypertable:
+    """The hypertable a chunk belongs to (``relid``: its OID, when known)."""
+
+    schema: str
+    table: str
+    relid: int | None = None
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+ChunkLookup = Callable[[str, str], "Hypertable | None"]
+"""(chunk schema, chunk table) -> its hypertable, or None when it is not a chunk the catalog
+knows. An internal hypertable (compressed storage) is returned as it is; the filter drops it."""
+
+
+def chunk_hypertable_id(table: str) -> int | None:
+    """The hypertable id in a chunk's name (``_hyper_7_15_chunk`` -> 7), if it has one."""
+    m = _CHUNK_NAME.match(table)
+    return int(m.group(1)) if m else None
+
+
+class TimescaleFilter:
+    """Feeds on decoded messages in stream order; returns the message to pass on, or None."""
+
+    def __init__(self, lookup: ChunkLookup,
+                 selected: Callable[[str], bool] = lambda name: True) -> None:
+        self._lookup = lookup
+        self._selected = selected
+        self._dropped: set[int] = set()  # relation OIDs whose changes are not data
+        self._hypertables: dict[int, Hypertable] = {}  # chunk OID -> hypertable
+        self._open: set[str] = set()  # markers started and not yet ended in this transaction
+        self.dropped_changes = 0
+
+    def hypertable_of(self, oid: int) -> Hypertable | None:
+        """The hypertable behind a chunk's relation OID (for its OID and catalog facts)."""
+        return self._hypertables.get(oid)
+
+    def __call__(self, msg: object) -> object | None:
+        kind = type(msg)
+        if kind is Insert or kind is Update or kind is Delete:
+            if self._open or msg.relation_oid in self._dropped:  # type: ignore[attr-defined]
+                self.dropped_changes += 1
+                return None
+            return msg
+        if kind is Relation:
+            return self._relation(msg)  # type: ignore[arg-type]
+        if kind is Message:
+            m = _MARKER.match(msg.prefix)  # type: ignore[attr-defined]
+            if m is None:
+                return msg
+            what = f"{m.group(1) or ''}compression"
+            if m.group(2) == "start":
+                self._open.add(what)
+            else:
+                self._open.discard(what)
+            return None
+        if kind is Truncate:
+            oids = tuple(o for o in msg.relation_oids if o not in self._dropped)  # type: ignore[attr-defined]
+            if not oids:
+                return None
+            return msg if len(oids) == len(msg.relation_oids) else replace(  # type: ignore[attr-defined]
+                msg, relation_oids=oids)  # type: ignore[arg-type]
+        if kind is Begin:
+            self._open.clear()  # markers never span transactions
+        return msg
+
+    def _relation(self, rel: Relation) -> Relation | None:
+        self._dropped.discard(rel.oid)
+        self._hypertables.pop(rel.oid, None)
+        if rel.namespace not in INTERNAL_SCHEMAS:
+            return rel
+        hypertable = self._lookup(rel.namespace, rel.name) if rel.namespace == CHUNK_SCHEMA \
+            else None
+        if hypertable is None or hypertable.schema in INTERNAL_SCHEMAS \
+                or not self._selected(hypertable.qualified):
+            if hypertable is None and rel.namespace == CHUNK_SCHEMA \
+                    and not rel.name.startswith("compress_"):
+                log.warning("changes of a chunk no hypertable claims are dropped",
+                            extra={"chunk": f"{rel.namespace}.{rel.name}"})
+            self._dropped.add(rel.oid)
+            return None
+        self._hypertables[rel.oid] = hypertable
+        return replace(rel, namespace=hypertable.schema, name=hypertable.table)

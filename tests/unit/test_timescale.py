@@ -1,0 +1,59 @@
+"""The recorded TimescaleDB stream through the chunk filter: exactly the data changes remain."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from cdc.pgoutput import Delete, Insert, Message, Relation, Truncate, Update, decode_message
+from cdc.timescale import Hypertable, TimescaleFilter, chunk_hypertable_id
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURE = REPO.parent / "shared" / "fixtures" / "timescaledb-2.28.3"
+
+
+def recorded_catalog() -> dict[tuple[str, str], Hypertable]:
+    rows = json.loads((FIXTURE / "catalog.json").read_text())
+    return {(r["chunk_schema"], r["chunk_table"]): Hypertable(r["hypertable_schema"],
+                                                            r["hypertable_table"]) for r in rows}
+
+
+def filtered_messages() -> tuple[list[object], TimescaleFilter]:
+    catalog = recorded_catalog()
+    tsf = TimescaleFilter(lambda schema, table: catalog.get((schema, table)))
+    out = []
+    for line in (FIXTURE / "stream.jsonl").read_text().splitlines():
+        msg = tsf(decode_message(bytes.fromhex(json.loads(line)["payload"])))
+        if msg is not None:
+            out.append(msg)
+    return out, tsf
+
+
+def test_only_the_data_changes_remain_named_by_their_hypertable() -> None:
+    messages, tsf = filtered_messages()
+    names = {m.oid: f"{m.namespace}.{m.name}" for m in messages if isinstance(m, Relation)}
+    counts: Counter[tuple[str, str]] = Counter()
+    for m in messages:
+        if isinstance(m, (Insert, Update, Delete)):
+            counts[(type(m).__name__, names[m.relation_oid])] += 1
+        elif isinstance(m, Truncate):
+            for oid in m.relation_oids:
+                counts[("Truncate", names[oid])] += 1
+    # README of the fixture: 4321 inserts, 18 updates and 18 deletes of public.measurements
+    assert counts == {
+        ("Insert", "public.measurements"): 4321, ("Update", "public.measurements"): 18,
+        ("Delete", "public.measurements"): 18,
+        ("Insert", "public.site_config"): 3, ("Update", "public.site_config"): 2,
+        ("Delete", "public.site_config"): 1,
+        ("Insert", "public.alarms"): 6, ("Truncate", "public.alarms"): 1}
+    assert set(names.values()) == {"public.measurements", "public.site_config", "public.alarms"}
+    assert not any(isinstance(m, Message) and m.prefix.startswith("::timescaledb-")
+                   for m in messages)
+    # 1440 decompression re-inserts and 20 compressed-chunk inserts dropped
+    assert tsf.dropped_changes == 1440 + 20
+
+
+def test_chunk_names_carry_their_hypertable_id() -> None:
+    assert chunk_hypertable_id("_hyper_7_15_chunk") == 7
+    assert chunk_hypertable_id("compress_hyper_8_19_chunk") is None
