@@ -94,7 +94,8 @@ def envelope_schema(info: TableInfo, stable_names: bool = False) -> dict[str, An
         "type": "record", "namespace": namespace,
         "name": "Envelope" if stable_names else f"Envelope_{_metadata_hash(info)}",
         "tributary.kind": "change",
-        "pg.schema": info.schema, "pg.table": info.table, "pg.relid": info.oid,
+        "pg.schema": info.schema, "pg.table": info.table,
+        **({"pg.relid": info.oid} if info.oid else {}),
         "pg.replica_identity": info.replica_identity,
         **({"pg.nullable_key": True} if info.nullable_key else {}),
         "fields": [

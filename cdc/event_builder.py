@@ -68,10 +68,11 @@ class EventBuilder:
                  on_new_schema: Callable[[Codec], None] | None = None,
                  key_lookup: KeyLookup | None = None,
                  column_lookup: ColumnLookup | None = None,
-                 framing: Framing | None = None) -> None:
+                 framing: Framing | None = None,
+                 table_oid_of: Callable[[int], int | None] | None = None) -> None:
         self.site = site
         self._framing: Framing = framing or SelfContained()
-        self.relations = RelationCache(lookup, key_lookup, column_lookup)
+        self.relations = RelationCache(lookup, key_lookup, column_lookup, table_oid_of)
         self._codecs: dict[int, _TableCodec] = {}  # relation OID -> its current version's codec
         self._by_info: dict[TableInfo, _TableCodec] = {}
         self._on_new_schema = on_new_schema

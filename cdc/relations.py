@@ -58,7 +58,7 @@ class ColumnInfo:
 class TableInfo:
     """A table version: its identity, columns and key, from one Relation message."""
 
-    oid: int
+    oid: int  # the table's OID (a chunk's hypertable for TimescaleDB; 0 when unknown)
     schema: str
     table: str
     replica_identity: str
@@ -78,12 +78,12 @@ class TableInfo:
         return self.replica_identity == "f" and len(self.key_columns) == len(self.columns)
 
 
-def _key_names(rel: Relation, key_lookup: KeyLookup | None) -> set[str]:
+def _key_names(rel: Relation, key_lookup: KeyLookup | None, table_oid: int) -> set[str]:
     """The row identity: the replica identity columns pgoutput flags, except for REPLICA
     IDENTITY FULL, where pgoutput flags every column: then the primary key, when there is one."""
     flagged = {c.name for c in rel.columns if c.is_key}
     if rel.replica_identity == "f" and key_lookup is not None:
-        primary = key_lookup(rel.oid)
+        primary = key_lookup(table_oid)
         if primary and set(primary) <= {c.name for c in rel.columns}:
             return set(primary)
     return flagged
@@ -91,13 +91,17 @@ def _key_names(rel: Relation, key_lookup: KeyLookup | None) -> set[str]:
 
 def table_info(rel: Relation, lookup: TypeLookup | None,
                key_lookup: KeyLookup | None = None,
-               column_lookup: ColumnLookup | None = None) -> TableInfo:
+               column_lookup: ColumnLookup | None = None,
+               table_oid: int | None = None) -> TableInfo:
     """Describe a Relation message's table, naming each column's exact type.
 
     Each column's attnum (from the catalog, when the column still has that name) lets the sink
-    tell a renamed column from a dropped one and an added one."""
-    keys = _key_names(rel, key_lookup)
-    catalog = column_lookup(rel.oid) if column_lookup is not None else {}
+    tell a renamed column from a dropped one and an added one. ``table_oid`` is the OID that
+    identifies the table when it is not the relation's own (a TimescaleDB chunk's hypertable;
+    0 when unknown): catalog facts are read from it, and the events carry it."""
+    oid = rel.oid if table_oid is None else table_oid
+    keys = _key_names(rel, key_lookup, oid or rel.oid)
+    catalog = column_lookup(oid or rel.oid) if column_lookup is not None else {}
     columns = []
     for index, col in enumerate(rel.columns):
         where = f"{rel.namespace}.{rel.name}.{col.name}"
@@ -111,7 +115,7 @@ def table_info(rel: Relation, lookup: TypeLookup | None,
     fields = [c.field for c in columns]
     if len(set(fields)) != len(fields):
         raise SchemaError(f"{rel.namespace}.{rel.name}: column names collide as Avro names: {fields}")
-    return TableInfo(oid=rel.oid, schema=rel.namespace, table=rel.name,
+    return TableInfo(oid=oid, schema=rel.namespace, table=rel.name,
                      replica_identity=rel.replica_identity, columns=tuple(columns))
 
 
@@ -120,15 +124,18 @@ class RelationCache:
 
     def __init__(self, lookup: TypeLookup | None = None,
                  key_lookup: KeyLookup | None = None,
-                 column_lookup: ColumnLookup | None = None) -> None:
+                 column_lookup: ColumnLookup | None = None,
+                 table_oid_of: Callable[[int], int | None] | None = None) -> None:
         self._lookup = lookup
+        self._table_oid_of = table_oid_of
         self._key_lookup = key_lookup
         self._column_lookup = column_lookup
         self._tables: dict[int, TableInfo] = {}
         self._messages: dict[int, Relation] = {}
 
     def update(self, rel: Relation) -> TableInfo:
-        info = table_info(rel, self._lookup, self._key_lookup, self._column_lookup)
+        table_oid = rel.oid if self._table_oid_of is None else (self._table_oid_of(rel.oid) or 0)
+        info = table_info(rel, self._lookup, self._key_lookup, self._column_lookup, table_oid)
         self._tables[rel.oid] = info
         self._messages[rel.oid] = rel
         return info

@@ -74,9 +74,11 @@ class TimescaleFilter:
         self._open: set[str] = set()  # markers started and not yet ended in this transaction
         self.dropped_changes = 0
 
-    def hypertable_of(self, oid: int) -> Hypertable | None:
-        """The hypertable behind a chunk's relation OID (for its OID and catalog facts)."""
-        return self._hypertables.get(oid)
+    def table_oid_of(self, oid: int) -> int | None:
+        """The OID identifying a relation's table: its hypertable's for a chunk (None when the
+        catalog did not give it), its own otherwise. Chunks of one hypertable are one table."""
+        hypertable = self._hypertables.get(oid)
+        return oid if hypertable is None else hypertable.relid
 
     def __call__(self, msg: object) -> object | None:
         kind = type(msg)

@@ -57,3 +57,24 @@ def test_only_the_data_changes_remain_named_by_their_hypertable() -> None:
 def test_chunk_names_carry_their_hypertable_id() -> None:
     assert chunk_hypertable_id("_hyper_7_15_chunk") == 7
     assert chunk_hypertable_id("compress_hyper_8_19_chunk") is None
+
+
+def test_chunks_of_one_hypertable_share_one_event_schema() -> None:
+    from cdc.event_builder import EventBuilder
+    from tests.unit.test_event_builder import SITE
+
+    catalog = recorded_catalog()
+    catalog = {k: Hypertable(h.schema, h.table, 4242 if h.table == "measurements" else None)
+               for k, h in catalog.items()}
+    tsf = TimescaleFilter(lambda schema, table: catalog.get((schema, table)))
+    schemas: dict[int, dict] = {}
+    builder = EventBuilder(SITE, on_new_schema=lambda c: schemas.__setitem__(c.fingerprint, c.schema),
+                           table_oid_of=tsf.table_oid_of)
+    for line in (FIXTURE / "stream.jsonl").read_text().splitlines():
+        msg = tsf(decode_message(bytes.fromhex(json.loads(line)["payload"])))
+        if msg is not None:
+            builder.handle(msg)
+    envelopes = [s for s in schemas.values()
+                 if s.get("tributary.kind") == "change" and s["pg.table"] == "measurements"]
+    assert len(envelopes) == 1  # three chunks, one table version
+    assert envelopes[0]["pg.relid"] == 4242  # the hypertable's OID, not a chunk's

@@ -1,0 +1,76 @@
+"""The recorded TimescaleDB 2.28.3 stream, through the decoder, the chunk filter, the event
+builder, a real Kafka broker and the sink, reaches exactly the fixture's expected.json in a real
+cloud PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from confluent_kafka import Producer
+
+from cdc.config import KafkaConfig
+from cdc.event_builder import EventBuilder, SiteIdentity
+from cdc.lsn import format_lsn
+from cdc.pgoutput import Commit, decode_message
+from cdc.schema_store import SchemaPublisher
+from cdc.timescale import TimescaleFilter
+from cdc.topics import ensure_topic
+from devenv.pipeline import Daemon, cloud_config, site_applied_lsn, wait_until
+from tests.integration.sites import TIMEOUT
+from tests.unit.test_timescale import FIXTURE, recorded_catalog
+
+SITE = SiteIdentity("ts-site", "7400000000000000001", 1, "fixture_slot", "site")
+
+
+def publish_fixture(kafka: KafkaConfig, topic: str) -> int:
+    """Replay the recording as the source would; returns the last transaction's end LSN."""
+    catalog = recorded_catalog()
+    tsf = TimescaleFilter(lambda schema, table: catalog.get((schema, table)))
+    builder = EventBuilder(SITE, on_new_schema=SchemaPublisher(kafka).publish,
+                           table_oid_of=tsf.table_oid_of)
+    ensure_topic(kafka, topic, {})
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "acks": "all",
+                         "enable.idempotence": True, "linger.ms": 20})
+    end_lsn = 0
+    for line in (FIXTURE / "stream.jsonl").read_text().splitlines():
+        msg = tsf(decode_message(bytes.fromhex(json.loads(line)["payload"])))
+        if msg is None:
+            continue
+        for key, value in builder.handle(msg):
+            producer.produce(topic, key=key, value=value)
+            producer.poll(0)
+        if isinstance(msg, Commit):
+            end_lsn = msg.end_lsn
+    assert producer.flush(60) == 0
+    return end_lsn
+
+
+def test_the_recorded_timescaledb_site_reaches_the_expected_cloud(
+        tmp_path: Path, pg_factory: Any, kafka_broker: Any, unique_name: Any) -> None:
+    prefix = unique_name("ts")
+    kafka = KafkaConfig(bootstrap_servers=kafka_broker.bootstrap_servers, topic_prefix=prefix)
+    end_lsn = publish_fixture(kafka, kafka.site_topic(SITE.site_id))
+    cloud = pg_factory("cloud").create_database(unique_name("tscloud"))
+    sink = Daemon("sink", cloud_config(tmp_path / "cloud.toml", cloud, kafka.bootstrap_servers,
+                                       prefix, unique_name("g")), tmp_path, "sink").start()
+    try:
+        wait_until(lambda: site_applied_lsn(cloud, SITE.site_id) == format_lsn(end_lsn), TIMEOUT,
+                   "the sink to apply the whole recording", (sink,))
+    finally:
+        assert sink.stop() == 0
+    expected = json.loads((FIXTURE / "expected.json").read_text())
+    with psycopg.connect(cloud) as conn:
+        site_config = conn.execute(
+            "SELECT id::text, name, md5(blob) FROM public.site_config WHERE site_id = %s"
+            " ORDER BY id", (SITE.site_id,)).fetchall()
+        alarms = conn.execute("SELECT id::text, msg FROM public.alarms WHERE site_id = %s"
+                              " ORDER BY id", (SITE.site_id,)).fetchall()
+        count, total, notes = conn.execute(
+            "SELECT count(*), sum(value), count(note) FROM public.measurements"
+            " WHERE site_id = %s", (SITE.site_id,)).fetchone()  # type: ignore[misc]
+    assert [list(r) for r in site_config] == expected["public.site_config"]
+    assert [list(r) for r in alarms] == expected["public.alarms"]
+    assert {"count": count, "sum_value": total, "notes": notes} == expected["public.measurements"]
