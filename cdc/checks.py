@@ -9,7 +9,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from cdc.config import Config, redact_dsn
-from cdc.slots import list_tables, slot_state
+from cdc.slots import list_tables, slot_state, timescaledb_version
 from cdc.topics import client_config
 from cdc.errors import TributaryError
 
@@ -70,6 +70,18 @@ def check_site(config: Config) -> list[CheckResult]:
             "replica identity", not problems,
             "every selected table has a primary key or usable replica identity" if not problems
             else "; ".join(p for p in problems if p)))
+        version = timescaledb_version(conn)
+        if version:
+            setting = conn.execute("SELECT current_setting("
+                                   "'timescaledb.enable_compressed_direct_batch_delete', true)"
+                                   ).fetchone()[0]  # type: ignore[index]
+            database = conn.info.dbname
+            results.append(CheckResult(
+                "timescaledb", setting != "on",
+                f"TimescaleDB {version}; compressed batch deletes are decoded" if setting != "on"
+                else f"TimescaleDB {version} deletes whole compressed batches invisibly to logical "
+                     f"decoding; run ALTER DATABASE {database} SET "
+                     "timescaledb.enable_compressed_direct_batch_delete = off"))
         try:
             state = slot_state(conn, site.slot_name)
             detail = (f"slot {site.slot_name} will be created on first run" if state is None else

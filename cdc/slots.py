@@ -17,6 +17,7 @@ from psycopg import sql
 
 from cdc.errors import ReplicationError
 from cdc.lsn import parse_lsn
+from cdc.timescale import CHUNK_SCHEMA, INTERNAL_SCHEMAS, Hypertable, chunk_hypertable_id
 from cdc.type_catalog import TypeRow, describe
 from cdc.values import ColumnType, TypeLookup
 
@@ -87,22 +88,40 @@ def publication_tables(conn: psycopg.Connection, name: str) -> set[tuple[str, st
 
 
 def ensure_publication(conn: psycopg.Connection, name: str, tables: list[SiteTable],
-                       selected: Callable[[str], bool] | None = None) -> list[SiteTable]:
+                       selected: Callable[[str], bool] | None = None,
+                       chunks: bool = False) -> list[SiteTable]:
     """Create the publication for ``tables`` or add the ones it lacks; with ``selected``, drop
-    the tables it holds that the patterns no longer select. Returns the tables added."""
-    if not tables:
+    the tables it holds that the patterns no longer select. With ``chunks`` (a TimescaleDB site
+    with selected hypertables) it also holds every chunk, ``TABLES IN SCHEMA
+    _timescaledb_internal``: a new chunk is in it from its first row, with no step to add it
+    (:mod:`cdc.timescale` keeps the data changes). Returns the tables added."""
+    if not tables and not chunks:
         raise ReplicationError(f"publication {name}: site.tables selects no table that can be "
                                "replicated")
     exists = conn.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s",
                           (name,)).fetchone()
+    chunk_schema = sql.SQL("TABLES IN SCHEMA {}").format(sql.Identifier(CHUNK_SCHEMA))
     if exists is None:
-        conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-            sql.Identifier(name), sql.SQL(", ").join(
+        parts = []
+        if tables:
+            parts.append(sql.SQL("TABLE {}").format(sql.SQL(", ").join(
                 sql.Identifier(t.schema, t.name) for t in tables)))
-        log.info("created publication", extra={"publication": name, "tables": len(tables)})
+        if chunks:
+            parts.append(chunk_schema)
+        conn.execute(sql.SQL("CREATE PUBLICATION {} FOR {}").format(
+            sql.Identifier(name), sql.SQL(", ").join(parts)))
+        log.info("created publication", extra={"publication": name, "tables": len(tables),
+                                                "timescaledb_chunks": chunks})
         return list(tables)
     if exists[0]:
         return []  # FOR ALL TABLES: nothing to add
+    if chunks and conn.execute(
+            "SELECT 1 FROM pg_publication_namespace pn JOIN pg_publication p ON p.oid = pn.pnpubid"
+            " WHERE p.pubname = %s AND pn.pnnspid = %s::regnamespace",
+            (name, CHUNK_SCHEMA)).fetchone() is None:
+        conn.execute(sql.SQL("ALTER PUBLICATION {} ADD {}").format(sql.Identifier(name),
+                                                                  chunk_schema))
+        log.info("added TimescaleDB chunks to publication", extra={"publication": name})
     have = publication_tables(conn, name) or set()
     missing = [t for t in tables if (t.schema, t.name) not in have]
     if missing:
@@ -112,7 +131,8 @@ def ensure_publication(conn: psycopg.Connection, name: str, tables: list[SiteTab
         log.info("added tables to publication", extra={
             "publication": name, "added": [t.qualified for t in missing]})
     if selected is not None:
-        unwanted = sorted(t for t in have if not selected(f"{t[0]}.{t[1]}"))
+        unwanted = sorted(t for t in have if t[0] != CHUNK_SCHEMA
+                          and not selected(f"{t[0]}.{t[1]}"))
         if unwanted:
             conn.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
                 sql.Identifier(name), sql.SQL(", ").join(
@@ -120,6 +140,44 @@ def ensure_publication(conn: psycopg.Connection, name: str, tables: list[SiteTab
             log.info("dropped tables site.tables no longer selects from the publication",
                      extra={"publication": name, "dropped": [f"{s}.{t}" for s, t in unwanted]})
     return missing
+
+
+def timescaledb_version(conn: psycopg.Connection) -> str | None:
+    """The TimescaleDB extension's version in the site database, or None."""
+    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
+                       ).fetchone()
+    return str(row[0]) if row else None
+
+
+def hypertables(conn: psycopg.Connection) -> set[tuple[str, str]]:
+    """The site's data hypertables (not TimescaleDB's internal compressed ones)."""
+    rows = conn.execute("SELECT schema_name, table_name FROM _timescaledb_catalog.hypertable"
+                        ).fetchall()
+    return {(r[0], r[1]) for r in rows if r[0] not in INTERNAL_SCHEMAS}
+
+
+class ChunkCatalog:
+    """:data:`cdc.timescale.ChunkLookup` on the site catalog: by chunk name, else by the
+    hypertable id in the name (a chunk dropped since, e.g. by a retention policy)."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self._conn = conn
+
+    def __call__(self, schema: str, table: str) -> Hypertable | None:
+        select = ("SELECT h.schema_name, h.table_name,"
+                  " to_regclass(format('%%I.%%I', h.schema_name, h.table_name))::oid"
+                  " FROM _timescaledb_catalog.hypertable h")
+        row = self._conn.execute(
+            select + " JOIN _timescaledb_catalog.chunk c ON c.hypertable_id = h.id"
+            " WHERE c.schema_name = %s AND c.table_name = %s", (schema, table)).fetchone()
+        if row is None:
+            hypertable_id = chunk_hypertable_id(table)
+            if hypertable_id is not None:
+                row = self._conn.execute(select + " WHERE h.id = %s",
+                                         (hypertable_id,)).fetchone()
+        if row is None:
+            return None
+        return Hypertable(row[0], row[1], int(row[2]) if row[2] is not None else None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,10 +30,12 @@ from cdc.progress import SourceProgress
 from cdc.registry import Framing, RegistryFraming, SelfContained, registry_client
 from cdc.schema_store import SchemaPublisher
 from cdc.slots import (
-    SiteTable, column_lookup, ensure_publication, ensure_slot, list_tables, matches,
-    primary_key_lookup, publication_tables, type_lookup,
+    ChunkCatalog, SiteTable, column_lookup, ensure_publication, ensure_slot, hypertables,
+    list_tables, matches, primary_key_lookup, publication_tables, timescaledb_version,
+    type_lookup,
 )
 from cdc.stream import ReplicationStream, identify_system, open_replication
+from cdc.timescale import TimescaleFilter
 from cdc.topic_tail import last_published, wal_went_back
 from cdc.topics import ensure_topic
 
@@ -65,6 +67,8 @@ class Source:
         self.stop = stop or threading.Event()
         self.stats = SourceStats()
         self._named: dict[str, float] = {}  # table -> when its problem was last logged
+        self._timescaledb: str | None = None  # the site's TimescaleDB version, if any
+        self._chunks_published = False
 
     def run(self) -> None:
         """Sessions with exponential backoff on transient failures, until stopped."""
@@ -88,17 +92,46 @@ class Source:
 
     def _prepare(self, conn: psycopg.Connection) -> None:
         site = self.site
-        ensure_publication(conn, site.publication, self._usable_tables(conn),
-                           selected=lambda name: matches(name, site.tables, site.exclude))
+        self._timescaledb = timescaledb_version(conn)
+        if self._timescaledb:
+            self._check_timescaledb(conn)
+        ordinary, chunks = self._split(conn, self._usable_tables(conn))
+        ensure_publication(conn, site.publication, ordinary,
+                           selected=lambda name: matches(name, site.tables, site.exclude),
+                           chunks=chunks)
+        self._chunks_published = chunks
+
+    def _split(self, conn: psycopg.Connection,
+               tables: list[SiteTable]) -> tuple[list[SiteTable], bool]:
+        """(ordinary tables, whether any hypertable is selected): a hypertable's rows are in its
+        chunks, which the publication holds as a schema."""
+        if not self._timescaledb:
+            return tables, False
+        hyper = hypertables(conn)
+        ordinary = [t for t in tables if (t.schema, t.name) not in hyper]
+        return ordinary, len(ordinary) < len(tables)
+
+    def _check_timescaledb(self, conn: psycopg.Connection) -> None:
+        """A DELETE of whole compressed batches is invisible to logical decoding while
+        timescaledb.enable_compressed_direct_batch_delete is on (DESIGN.md): say so, loudly."""
+        row = conn.execute("SELECT current_setting("
+                           "'timescaledb.enable_compressed_direct_batch_delete', true)").fetchone()
+        if row and row[0] == "on":
+            log.error("timescaledb.enable_compressed_direct_batch_delete is on: deletes of whole "
+                      "compressed batches will not reach the cloud; run ALTER DATABASE ... SET "
+                      "timescaledb.enable_compressed_direct_batch_delete = off",
+                      extra={"site": self.site.id, "timescaledb": self._timescaledb})
 
     def _refresh_tables(self, conn: psycopg.Connection) -> None:
         """Add tables created since the last look (and now selected) to the publication."""
         have = publication_tables(conn, self.site.publication)
         if have is None:
             return
-        new = [t for t in self._usable_tables(conn) if (t.schema, t.name) not in have]
-        if new:
-            ensure_publication(conn, self.site.publication, new)
+        ordinary, chunks = self._split(conn, self._usable_tables(conn))
+        new = [t for t in ordinary if (t.schema, t.name) not in have]
+        if new or (chunks and not self._chunks_published):
+            ensure_publication(conn, self.site.publication, new, chunks=chunks)
+            self._chunks_published = self._chunks_published or chunks
 
     def session(self) -> None:
         site, kafka = self.site, self.config.kafka
@@ -130,16 +163,23 @@ class Source:
                 on_new_schema = None
             else:  # self-contained: schemas in the compacted schema topic, acked before use
                 framing, on_new_schema = SelfContained(), SchemaPublisher(kafka).publish
+            chunk_filter = None
+            if self._timescaledb:  # chunk changes -> their hypertable, compression dropped
+                chunk_filter = TimescaleFilter(
+                    ChunkCatalog(conn), selected=lambda name: matches(name, site.tables,
+                                                                        site.exclude))
             builder = EventBuilder(identity, type_lookup(conn), on_new_schema=on_new_schema,
                                    key_lookup=primary_key_lookup(conn),
-                                   column_lookup=column_lookup(conn), framing=framing)
+                                   column_lookup=column_lookup(conn), framing=framing,
+                                   table_oid_of=chunk_filter.table_oid_of if chunk_filter
+                                   else None)
             progress = SourceProgress(slot.confirmed_flush_lsn)
             producer = EventProducer(kafka, topic, progress)
             stream = ReplicationStream(repl, slot.name, site.publication, slot.confirmed_flush_lsn)
             log.info("streaming", extra={"site": site.id, "slot": slot.name, "topic": topic,
                                          "from_lsn": format_lsn(slot.confirmed_flush_lsn),
                                          "system_id": system.system_id})
-            self._stream(stream, builder, producer, progress, conn)
+            self._stream(stream, builder, producer, progress, conn, chunk_filter)
             # stopped: let Kafka acknowledge what is in flight, then confirm it
             producer.flush(30)
             stream.send_status(progress.received_lsn, progress.confirmed_lsn)
@@ -158,7 +198,7 @@ class Source:
 
     def _stream(self, stream: ReplicationStream, builder: EventBuilder,
                 producer: EventProducer, progress: SourceProgress,
-                conn: psycopg.Connection) -> None:
+                conn: psycopg.Connection, chunk_filter: TimescaleFilter | None = None) -> None:
         interval = self.site.status_interval_s
         refresh = self.site.table_refresh_s
         last_refresh = time.monotonic()
@@ -175,6 +215,11 @@ class Source:
                 tag = data[0]
                 if tag == XLOGDATA:
                     msg = decode(data[XLOG_HEADER:])
+                    if chunk_filter is not None:
+                        msg = chunk_filter(msg)
+                        if msg is None:  # compression writes, TimescaleDB's own tables
+                            n += 1
+                            continue
                     for key, value in handle(msg):
                         produce(key, value)
                     if type(msg) is Commit:

@@ -1,0 +1,65 @@
+"""A live TimescaleDB site through the whole pipeline: the fixture's workload (hypertable,
+compression, changes to compressed rows, decompression) run at a real TimescaleDB site while the
+source streams; the cloud must equal the site.
+
+TimescaleDB is in no package registry reachable here, so CI skips this test; it runs wherever the
+extension is installed (README: how it was checked by hand, and on which versions).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from devenv.pipeline import (MARKER_DDL, Daemon, cloud_config, count, execute, rows_of,
+                             site_config, sync, wait_until)
+from tests.integration.sites import TIMEOUT
+from tests.unit.test_timescale import FIXTURE
+
+TIMESCALEDB = Path("/usr/share/postgresql/15/extension/timescaledb.control")
+
+
+def workload() -> tuple[list[str], list[str]]:
+    """(before the source starts, while it streams) from the fixture's workload.sql."""
+    text = "\n".join(line for line in (FIXTURE / "workload.sql").read_text().splitlines()
+                     if not line.startswith("--"))
+    statements = [s.strip() for s in text.split(";\n") if s.strip()]
+    return statements[:4], statements[4:]
+
+
+@pytest.mark.skipif(not TIMESCALEDB.is_file(), reason="TimescaleDB is not installed (it is in "
+                    "no package registry here; see README for how it was checked by hand)")
+def test_a_live_timescaledb_site_equals_its_cloud(tmp_path: Path, pg_factory: Any,
+                                                  kafka_broker: Any, unique_name: Any) -> None:
+    site = pg_factory("site_tsdb", shared_preload_libraries="timescaledb")
+    dsn = site.create_database(unique_name("tsdb"))
+    before, during = workload()
+    execute(dsn, "CREATE EXTENSION timescaledb", MARKER_DDL, *before)
+    execute(dsn, f"ALTER DATABASE {psycopg.conninfo.conninfo_to_dict(dsn)['dbname']}"
+                 " SET timescaledb.enable_compressed_direct_batch_delete = off")
+    cloud = pg_factory("cloud").create_database(unique_name("cloud"))
+    prefix = unique_name("tsdb")
+    source = Daemon("source", site_config(tmp_path / "site.toml", "ts", dsn,
+                                          kafka_broker.bootstrap_servers, prefix,
+                                          slot=unique_name("slot")), tmp_path, "source").start()
+    sink = Daemon("sink", cloud_config(tmp_path / "cloud.toml", cloud,
+                                       kafka_broker.bootstrap_servers, prefix, unique_name("g")),
+                  tmp_path, "sink").start()
+    daemons = (source, sink)
+    try:
+        wait_until(lambda: count(dsn, "SELECT count(*) FROM pg_replication_slots WHERE active")
+                   == 1, TIMEOUT, "the slot to be active", daemons)
+        execute(dsn, *during)
+        sync(dsn, cloud, "ts", TIMEOUT, daemons)
+        for table, cols in [("public.site_config", ["id", "name", "blob"]),
+                            ("public.alarms", ["id", "msg"]),
+                            ("public.measurements", ["device_id", "ts", "value", "note"])]:
+            assert rows_of(cloud, table, cols, where_site="ts") == rows_of(dsn, table, cols), table
+        assert count(cloud, "SELECT count(*) FROM public.measurements") == 4303
+        assert "timescaledb_chunks" in source.log()
+    finally:
+        for d in daemons:
+            assert d.stop() == 0
