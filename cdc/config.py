@@ -142,6 +142,17 @@ class SinkConfig(_Section):
     batch_max_changes: int = Field(20000, gt=0)
     batch_max_ms: int = Field(200, gt=0)
     create_tables: bool = True
+    #: per site table: "upsert" (default: a row's newest values win) or "append" (rows never
+    #: change, e.g. sensor readings: an insert that meets an existing row leaves it as it is)
+    table_modes: dict[str, Literal["upsert", "append"]] = {}
+
+    @field_validator("table_modes")
+    @classmethod
+    def _modes(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if name.count(".") != 1:
+                raise ValueError(f"{name!r} must be schema.table (the site table)")
+        return v
 
     @field_validator("tables")
     @classmethod

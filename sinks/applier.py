@@ -28,7 +28,7 @@ class Applier:
         self.conn = conn
         self.tables = tables
         self.site_column = tables.site_column
-        self.append_only = append_only
+        self.append_only = append_only  # site tables whose inserts never rewrite a row
         self._stages: dict[tuple[str, str, tuple[str, ...]], str] = {}
         self._dirty: set[str] = set()  # stages holding rows in this transaction
         self._formatters: dict[tuple, copy_text.Formatter] = {}  # per (field, type) list
@@ -109,7 +109,9 @@ class Applier:
         self._copy(stage, columns, site_id, step.rows.values())
         self.conn.execute(q.upsert_from_stage(
             target.ident, stage, self.site_column, columns, target.key_columns,
-            append_only=target.qualified in self.append_only))
+            # append tables: a run of inserts leaves existing rows untouched (ON CONFLICT DO
+            # NOTHING: no rewrite, no dead tuple, no decompressed chunk); updates still apply
+            append_only=not step.updates and step.version.qualified in self.append_only))
 
     def _delete(self, site_id: str, target: Target, step: Delete) -> None:
         key = target.key_columns

@@ -146,6 +146,7 @@ class SiteStream:
 class Upsert:
     version: TableVersion
     rows: dict[tuple, dict[str, Any]]
+    updates: bool = False  # holds an update (not only inserts and snapshot rows)
 
 
 @dataclass(slots=True)
@@ -213,6 +214,8 @@ def plan(changes: list[Change]) -> list[Step]:
                 steps.append(last)
             last.rows.pop(key, None)  # keep the order of the last write
             last.rows[key] = after
+            if op == "u":
+                last.updates = True
         elif op == "d":
             before = ch.before
             assert before is not None

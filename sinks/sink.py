@@ -166,7 +166,8 @@ class Sink:
             conn.autocommit = False
             self.conn = conn
             self.applier = Applier(conn, CloudTables(
-                cfg.site_column, cfg.tables, cfg.create_tables, cfg.dsn))
+                cfg.site_column, cfg.tables, cfg.create_tables, cfg.dsn), frozenset(
+                name for name, mode in cfg.table_modes.items() if mode == "append"))
             self.streams: dict[tuple[str, int], SiteStream] = {}
             self.big: tuple[str, int] | None = None  # partition whose big transaction is open
             consumer = Consumer(client_config(self.kafka, **{

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import psycopg
+
 from devenv.pipeline import count, execute, rows_of, wait_until
 from tests.integration.sites import SEED, TABLES, TIMEOUT, Pipeline
 
@@ -47,3 +49,28 @@ def test_cloud_table_without_site_key_is_refused(pipeline_factory: Callable[...,
                "the sink to refuse the cloud table", p.daemons)
     assert "no primary key or unique index on (site_id, id)" in p.sink.log()
     p.stop()  # the sink itself goes on (other sites would flow) and stops cleanly
+
+
+def test_append_tables_never_rewrite_a_row_on_replay_but_take_updates(
+        pipeline_factory: Callable[..., Pipeline]) -> None:
+    p = pipeline_factory(sites=("a",),
+                         sink_extra='table_modes = { "public.readings" = "append" }').start()
+    a = p.site_dsn["a"]
+    execute(a, SEED[1])
+    p.sync("a")
+    xmins = "SELECT xmin::text, device_id, ts FROM public.readings ORDER BY device_id, ts"
+    with psycopg.connect(p.cloud_dsn) as conn:
+        before = conn.execute(xmins).fetchall()
+    # the sink forgets where it was and reads the topic again: every insert meets its row
+    assert p.sink.stop() == 0
+    execute(p.cloud_dsn, "DELETE FROM tributary.offsets", "DELETE FROM tributary.sites")
+    p.sink.start()
+    execute(a, "UPDATE readings SET value = -1 WHERE device_id = 3")
+    p.sync("a")
+    with psycopg.connect(p.cloud_dsn) as conn:
+        after = conn.execute(xmins).fetchall()
+    unchanged = [r for r in after if r[1] != 3]
+    assert unchanged == [r for r in before if r[1] != 3]  # same xmin: not rewritten
+    assert rows_of(p.cloud_dsn, "public.readings", ["device_id", "ts", "value"], where_site="a") \
+        == rows_of(a, "public.readings", ["device_id", "ts", "value"])  # the update arrived
+    p.stop()
