@@ -61,7 +61,7 @@ def _name_part(text: str) -> str:
 
 
 def _metadata_hash(info: TableInfo) -> str:
-    meta = [info.schema, info.table, info.oid, info.replica_identity,
+    meta = [info.schema, info.table, info.oid, info.replica_identity, info.hypertable,
             [[c.name, c.sql_type, c.kind, c.is_key, c.domain, [d.to_json() for d in c.defs],
               c.extension, c.attnum, c.missing] for c in info.columns]]
     return hashlib.sha256(json.dumps(meta).encode()).hexdigest()[:12]
@@ -98,6 +98,8 @@ def envelope_schema(info: TableInfo, stable_names: bool = False) -> dict[str, An
         **({"pg.relid": info.oid} if info.oid else {}),
         "pg.replica_identity": info.replica_identity,
         **({"pg.nullable_key": True} if info.nullable_key else {}),
+        **({"pg.hypertable": {"time_column": info.hypertable[0],
+                              "chunk_interval": info.hypertable[1]}} if info.hypertable else {}),
         "fields": [
             {"name": "before", "type": ["null", row], "default": None},
             {"name": "after", "type": ["null", "Row"], "default": None},

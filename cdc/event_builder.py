@@ -22,6 +22,7 @@ from cdc.errors import DecodeError
 from cdc.pgoutput import Begin, Commit, Delete, Insert, Message, Relation, Truncate, Update, pg_us_to_unix_us
 from cdc.registry import Framing, SelfContained
 from cdc.relations import ColumnLookup, KeyLookup, RelationCache, TableInfo
+from cdc.timescale import Hypertable
 from cdc.values import TypeLookup
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,10 @@ class EventBuilder:
                  key_lookup: KeyLookup | None = None,
                  column_lookup: ColumnLookup | None = None,
                  framing: Framing | None = None,
-                 table_oid_of: Callable[[int], int | None] | None = None) -> None:
+                 hypertable_of: Callable[[int], Hypertable | None] | None = None) -> None:
         self.site = site
         self._framing: Framing = framing or SelfContained()
-        self.relations = RelationCache(lookup, key_lookup, column_lookup, table_oid_of)
+        self.relations = RelationCache(lookup, key_lookup, column_lookup, hypertable_of)
         self._codecs: dict[int, _TableCodec] = {}  # relation OID -> its current version's codec
         self._by_info: dict[TableInfo, _TableCodec] = {}
         self._on_new_schema = on_new_schema

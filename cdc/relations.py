@@ -8,11 +8,12 @@ SQL name of a non-built-in type, come in through a lookup passed by the caller.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from cdc.errors import SchemaError
 from cdc.pgoutput import Relation
+from cdc.timescale import Hypertable
 from cdc.type_catalog import TypeDef
 from cdc.values import TypeLookup, column_type
 
@@ -63,6 +64,7 @@ class TableInfo:
     table: str
     replica_identity: str
     columns: tuple[ColumnInfo, ...]
+    hypertable: tuple[str, int | None] | None = None  # TimescaleDB: (time column, interval)
 
     @property
     def qualified(self) -> str:
@@ -125,17 +127,21 @@ class RelationCache:
     def __init__(self, lookup: TypeLookup | None = None,
                  key_lookup: KeyLookup | None = None,
                  column_lookup: ColumnLookup | None = None,
-                 table_oid_of: Callable[[int], int | None] | None = None) -> None:
+                 hypertable_of: Callable[[int], Hypertable | None] | None = None) -> None:
         self._lookup = lookup
-        self._table_oid_of = table_oid_of
+        self._hypertable_of = hypertable_of
         self._key_lookup = key_lookup
         self._column_lookup = column_lookup
         self._tables: dict[int, TableInfo] = {}
         self._messages: dict[int, Relation] = {}
 
     def update(self, rel: Relation) -> TableInfo:
-        table_oid = rel.oid if self._table_oid_of is None else (self._table_oid_of(rel.oid) or 0)
+        hypertable = self._hypertable_of(rel.oid) if self._hypertable_of is not None else None
+        # chunks of one hypertable are one table: its OID (0 when unknown) and its catalog facts
+        table_oid = rel.oid if hypertable is None else (hypertable.relid or 0)
         info = table_info(rel, self._lookup, self._key_lookup, self._column_lookup, table_oid)
+        if hypertable is not None and hypertable.time_column:
+            info = replace(info, hypertable=(hypertable.time_column, hypertable.chunk_interval))
         self._tables[rel.oid] = info
         self._messages[rel.oid] = rel
         return info

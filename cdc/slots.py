@@ -165,8 +165,11 @@ class ChunkCatalog:
 
     def __call__(self, schema: str, table: str) -> Hypertable | None:
         select = ("SELECT h.schema_name, h.table_name,"
-                  " to_regclass(format('%%I.%%I', h.schema_name, h.table_name))::oid"
-                  " FROM _timescaledb_catalog.hypertable h")
+                  " to_regclass(format('%%I.%%I', h.schema_name, h.table_name))::oid,"
+                  " d.column_name, d.interval_length FROM _timescaledb_catalog.hypertable h"
+                  " LEFT JOIN LATERAL (SELECT column_name, interval_length"
+                  "   FROM _timescaledb_catalog.dimension WHERE hypertable_id = h.id"
+                  "   AND interval_length IS NOT NULL ORDER BY id LIMIT 1) d ON true")
         row = self._conn.execute(
             select + " JOIN _timescaledb_catalog.chunk c ON c.hypertable_id = h.id"
             " WHERE c.schema_name = %s AND c.table_name = %s", (schema, table)).fetchone()
@@ -177,7 +180,8 @@ class ChunkCatalog:
                                          (hypertable_id,)).fetchone()
         if row is None:
             return None
-        return Hypertable(row[0], row[1], int(row[2]) if row[2] is not None else None)
+        return Hypertable(row[0], row[1], int(row[2]) if row[2] is not None else None,
+                          row[3], int(row[4]) if row[4] is not None else None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,7 +171,7 @@ class Source:
             builder = EventBuilder(identity, type_lookup(conn), on_new_schema=on_new_schema,
                                    key_lookup=primary_key_lookup(conn),
                                    column_lookup=column_lookup(conn), framing=framing,
-                                   table_oid_of=chunk_filter.table_oid_of if chunk_filter
+                                   hypertable_of=chunk_filter.hypertable_of if chunk_filter
                                    else None)
             progress = SourceProgress(slot.confirmed_flush_lsn)
             producer = EventProducer(kafka, topic, progress)

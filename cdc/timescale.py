@@ -40,11 +40,14 @@ _CHUNK_NAME = re.compile(r"_hyper_(\d+)_\d+_chunk\Z")
 
 @dataclass(frozen=True, slots=True)
 class Hypertable:
-    """The hypertable a chunk belongs to (``relid``: its OID, when known)."""
+    """The hypertable a chunk belongs to (``relid``: its OID, when known), with its time
+    dimension (column and chunk interval, microseconds for time types) for the cloud."""
 
     schema: str
     table: str
     relid: int | None = None
+    time_column: str | None = None
+    chunk_interval: int | None = None
 
     @property
     def qualified(self) -> str:
@@ -74,11 +77,9 @@ class TimescaleFilter:
         self._open: set[str] = set()  # markers started and not yet ended in this transaction
         self.dropped_changes = 0
 
-    def table_oid_of(self, oid: int) -> int | None:
-        """The OID identifying a relation's table: its hypertable's for a chunk (None when the
-        catalog did not give it), its own otherwise. Chunks of one hypertable are one table."""
-        hypertable = self._hypertables.get(oid)
-        return oid if hypertable is None else hypertable.relid
+    def hypertable_of(self, oid: int) -> Hypertable | None:
+        """The hypertable behind a chunk's relation OID (None for any other relation)."""
+        return self._hypertables.get(oid)
 
     def __call__(self, msg: object) -> object | None:
         kind = type(msg)

@@ -51,6 +51,7 @@ class TableVersion:
     columns: tuple[ColumnDef, ...]
     relid: int | None = None  # the site table's OID: a dropped and re-created table has another
     nullable_key: bool = False  # REPLICA IDENTITY FULL without a primary key: NULLs in the key
+    hypertable: dict[str, Any] | None = field(default=None, compare=False)  # time_column, ...
     key_columns: tuple[ColumnDef, ...] = field(default=(), compare=False)
     key_fields: tuple[str, ...] = field(default=(), compare=False)
     key_of: Callable[[dict[str, Any]], tuple] = field(default=tuple, compare=False, repr=False)
@@ -81,7 +82,8 @@ class TableVersion:
                 f.get("pg.attnum"), f.get("pg.missing"))
                 for f in row["fields"])
             version = cls(codec.fingerprint, schema["pg.schema"], schema["pg.table"], columns,
-                          schema.get("pg.relid"), bool(schema.get("pg.nullable_key")))
+                          schema.get("pg.relid"), bool(schema.get("pg.nullable_key")),
+                          schema.get("pg.hypertable"))
         except (KeyError, IndexError, TypeError) as exc:
             raise SchemaError(f"schema {codec.fingerprint:016x} is not a Tributary change envelope: "
                               f"missing {exc}") from exc

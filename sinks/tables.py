@@ -87,6 +87,7 @@ class CloudTables:
         self.mapping = mapping
         self.create = create
         self._ready: dict[tuple[str, int], Target] = {}
+        self._timescaledb: bool | None = None  # whether the cloud has the extension
 
     def forget(self) -> None:
         """After a rollback: DDL done in that transaction is gone too."""
@@ -173,6 +174,38 @@ class CloudTables:
             " AND table_name = %s").format(sql.Identifier(q.META_SCHEMA, "site_columns")),
             (site_id, schema, table)).fetchall()
         return {r[0]: (r[1], r[2]) for r in rows}
+
+    def _cloud_has_timescaledb(self, conn: psycopg.Connection) -> bool:
+        if self._timescaledb is None:
+            self._timescaledb = conn.execute(
+                "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone() is not None
+        return self._timescaledb
+
+    def _make_hypertable(self, conn: psycopg.Connection, schema: str, table: str,
+                         version: TableVersion, mapping: dict[str, str]) -> None:
+        """The site table is a hypertable: so is the new cloud table, on the same time column
+        with the same chunk interval (compression and retention stay the operator's)."""
+        spec = version.hypertable or {}
+        site_column = spec.get("time_column")
+        column = next((c for c in version.columns if c.name == site_column), None)
+        if column is None:
+            log.warning("hypertable time column not among the columns; plain table kept",
+                        extra={"table": f"{schema}.{table}", "column": site_column})
+            return
+        interval = spec.get("chunk_interval")
+        if interval is None:
+            partition: sql.Composable = sql.SQL("")
+        elif column.sql_type.startswith(("timestamp", "date")):
+            partition = sql.SQL(", {}::interval").format(sql.Literal(f"{int(interval)} microseconds"))
+        else:  # an integer time column: the interval in its own type
+            partition = sql.SQL(", {}::{}").format(sql.Literal(int(interval)),
+                                                  q.type_sql(column.sql_type, column.name))
+        conn.execute(sql.SQL("SELECT create_hypertable({}::regclass, by_range({}{}))").format(
+            sql.Literal(f"{q.qualified(schema, table).as_string(conn)}"),
+            sql.Literal(mapping[column.name]), partition))
+        log.info("created cloud hypertable", extra={
+            "table": f"{schema}.{table}", "time_column": mapping[column.name],
+            "chunk_interval": interval})
 
     def _follow_incarnation(self, conn: psycopg.Connection, site_id: str, version: TableVersion,
                             schema: str, table: str, table_exists: bool) -> None:
@@ -278,6 +311,8 @@ class CloudTables:
                                         version.nullable_key))
             log.info("created cloud table", extra={"table": f"{schema}.{table}",
                                                     "from": version.qualified})
+            if version.hypertable and self._cloud_has_timescaledb(conn):
+                self._make_hypertable(conn, schema, table, version, mapping)
         else:
             if self.site_column not in existing:
                 raise ApplyError(f"{where} has no site column {self.site_column!r} "

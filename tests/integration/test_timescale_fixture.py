@@ -30,7 +30,7 @@ def publish_fixture(kafka: KafkaConfig, topic: str) -> int:
     catalog = recorded_catalog()
     tsf = TimescaleFilter(lambda schema, table: catalog.get((schema, table)))
     builder = EventBuilder(SITE, on_new_schema=SchemaPublisher(kafka).publish,
-                           table_oid_of=tsf.table_oid_of)
+                           hypertable_of=tsf.hypertable_of)
     ensure_topic(kafka, topic, {})
     producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "acks": "all",
                          "enable.idempotence": True, "linger.ms": 20})

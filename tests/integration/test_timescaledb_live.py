@@ -1,6 +1,7 @@
 """A live TimescaleDB site through the whole pipeline: the fixture's workload (hypertable,
 compression, changes to compressed rows, decompression) run at a real TimescaleDB site while the
-source streams; the cloud must equal the site.
+source streams; the cloud (TimescaleDB too) must equal the site, with the hypertable made a
+hypertable on the same time column and chunk interval.
 
 TimescaleDB is in no package registry reachable here, so CI skips this test; it runs wherever the
 extension is installed (README: how it was checked by hand, and on which versions).
@@ -40,7 +41,10 @@ def test_a_live_timescaledb_site_equals_its_cloud(tmp_path: Path, pg_factory: An
     execute(dsn, "CREATE EXTENSION timescaledb", MARKER_DDL, *before)
     execute(dsn, f"ALTER DATABASE {psycopg.conninfo.conninfo_to_dict(dsn)['dbname']}"
                  " SET timescaledb.enable_compressed_direct_batch_delete = off")
-    cloud = pg_factory("cloud").create_database(unique_name("cloud"))
+    # a TimescaleDB cloud: the missing cloud table becomes a hypertable like the site's
+    cloud = pg_factory("cloud_tsdb", shared_preload_libraries="timescaledb").create_database(
+        unique_name("cloud"))
+    execute(cloud, "CREATE EXTENSION timescaledb")
     prefix = unique_name("tsdb")
     source = Daemon("source", site_config(tmp_path / "site.toml", "ts", dsn,
                                           kafka_broker.bootstrap_servers, prefix,
@@ -60,6 +64,12 @@ def test_a_live_timescaledb_site_equals_its_cloud(tmp_path: Path, pg_factory: An
             assert rows_of(cloud, table, cols, where_site="ts") == rows_of(dsn, table, cols), table
         assert count(cloud, "SELECT count(*) FROM public.measurements") == 4303
         assert "timescaledb_chunks" in source.log()
+        assert count(cloud, "SELECT count(*) FROM _timescaledb_catalog.hypertable h JOIN"
+                            " _timescaledb_catalog.dimension d ON d.hypertable_id = h.id"
+                            " WHERE h.table_name = 'measurements' AND d.column_name = 'ts'"
+                            " AND d.interval_length = 86400000000") == 1
+        assert count(cloud, "SELECT count(*) FROM timescaledb_information.chunks"
+                            " WHERE hypertable_name = 'measurements'") == 3
     finally:
         for d in daemons:
             assert d.stop() == 0

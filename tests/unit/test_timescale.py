@@ -69,7 +69,7 @@ def test_chunks_of_one_hypertable_share_one_event_schema() -> None:
     tsf = TimescaleFilter(lambda schema, table: catalog.get((schema, table)))
     schemas: dict[int, dict] = {}
     builder = EventBuilder(SITE, on_new_schema=lambda c: schemas.__setitem__(c.fingerprint, c.schema),
-                           table_oid_of=tsf.table_oid_of)
+                           hypertable_of=tsf.hypertable_of)
     for line in (FIXTURE / "stream.jsonl").read_text().splitlines():
         msg = tsf(decode_message(bytes.fromhex(json.loads(line)["payload"])))
         if msg is not None:
