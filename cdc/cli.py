@@ -123,5 +123,41 @@ def sink_run(config_path: str, log_format: str | None) -> None:
     _run_daemon("sink", lambda: Sink(config, stop).run())
 
 
+@sink.command("remove-site")
+@CONFIG_OPTION
+@click.argument("site_id")
+@click.option("--yes", is_flag=True, help="Do it without asking.")
+def sink_remove_site(config_path: str, site_id: str, yes: bool) -> None:
+    """Delete SITE_ID's rows from every cloud table and its progress, in one transaction.
+
+    \b
+    Stop the site's source first. The whole sequence (README, "Removing a site"):
+      1. stop the source;
+      2. at the site: SELECT pg_drop_replication_slot('<slot>'); DROP PUBLICATION <name>;
+      3. cdc sink remove-site <site id> --config cloud.toml;
+      4. delete the topic <prefix>.<site id> (kafka-topics.sh --delete).
+    """
+    config = _load(config_path, "text")
+    sink_cfg = config.sink
+    if sink_cfg is None:
+        click.echo("cdc: config error: this command needs a [sink] section", err=True)
+        sys.exit(2)
+    if not yes:
+        click.confirm(f"Delete every row of site {site_id!r} from the cloud database?", abort=True)
+    import psycopg
+
+    from cdc.pgsession import pinned_conninfo
+    from sinks.site_removal import remove_site
+    try:
+        with psycopg.connect(pinned_conninfo(sink_cfg.dsn)) as conn:
+            removed = remove_site(conn, site_id, sink_cfg.site_column, config.kafka)
+    except psycopg.Error as exc:
+        click.echo(f"cdc: cannot remove site {site_id}: {str(exc).strip()}", err=True)
+        sys.exit(1)
+    for r in removed:
+        click.echo(f"{r.table}: {r.rows} row(s) deleted")
+    click.echo(f"site {site_id} removed from the cloud ({len(removed)} table(s))")
+
+
 if __name__ == "__main__":
     main()

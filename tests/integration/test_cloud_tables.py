@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Callable
 
 import psycopg
 
-from devenv.pipeline import count, execute, rows_of, wait_until
+from devenv.pipeline import REPO, count, execute, rows_of, sync, wait_until
 from tests.integration.sites import SEED, TABLES, TIMEOUT, Pipeline
 
 
@@ -74,3 +76,74 @@ def test_append_tables_never_rewrite_a_row_on_replay_but_take_updates(
     assert rows_of(p.cloud_dsn, "public.readings", ["device_id", "ts", "value"], where_site="a") \
         == rows_of(a, "public.readings", ["device_id", "ts", "value"])  # the update arrived
     p.stop()
+
+
+FK_SITE = [
+    "CREATE TABLE parent (id int PRIMARY KEY, name text)",
+    "CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent (id)"
+    " ON DELETE CASCADE ON UPDATE CASCADE, v text)",
+]
+# the operator declares the cloud tables and their foreign key on (site_id, key), deferred to
+# commit: the sink applies whole site transactions, so it holds at every cloud commit
+FK_CLOUD = [
+    "CREATE TABLE parent (site_id text, id int, name text, PRIMARY KEY (site_id, id))",
+    "CREATE TABLE child (site_id text, id int, parent_id int NOT NULL, v text,"
+    " PRIMARY KEY (site_id, id), FOREIGN KEY (site_id, parent_id) REFERENCES parent"
+    " (site_id, id) DEFERRABLE INITIALLY DEFERRED)",
+]
+
+
+def test_cloud_foreign_keys_on_site_and_key_hold_at_every_commit(
+        pipeline_factory: Callable[..., Pipeline]) -> None:
+    p = pipeline_factory(sites=("a", "b"))
+    for site in ("a", "b"):
+        execute(p.site_dsn[site], *FK_SITE)
+    execute(p.cloud_dsn, *FK_CLOUD)
+    p.start()
+    for site in ("a", "b"):  # the same keys at both sites
+        execute(p.site_dsn[site],
+                "INSERT INTO parent SELECT g, 'p' || g FROM generate_series(1, 50) g",
+                "INSERT INTO child SELECT g, 1 + g % 50, 'c' || g FROM generate_series(1, 200) g")
+    a = p.site_dsn["a"]
+    execute(a, "DELETE FROM parent WHERE id <= 10",  # cascades to children at the site
+            "UPDATE parent SET id = id + 1000 WHERE id BETWEEN 11 AND 15",  # cascades too
+            "BEGIN", "INSERT INTO parent VALUES (2000, 'late')",
+            "UPDATE child SET parent_id = 2000 WHERE id % 7 = 0", "COMMIT")
+    for site in ("a", "b"):
+        p.sync(site)
+        for table, cols in [("public.parent", ["id", "name"]),
+                            ("public.child", ["id", "parent_id", "v"])]:
+            assert rows_of(p.cloud_dsn, table, cols, where_site=site) == \
+                rows_of(p.site_dsn[site], table, cols), (site, table)
+    assert "stopped" not in p.sink.log()
+    with psycopg.connect(p.cloud_dsn) as conn:  # every child row has its parent, per site
+        orphans = conn.execute("SELECT count(*) FROM child c LEFT JOIN parent p ON"
+                               " (p.site_id, p.id) = (c.site_id, c.parent_id)"
+                               " WHERE p.id IS NULL").fetchone()
+    assert orphans == (0,)
+    p.stop()
+
+
+def test_remove_site_deletes_its_rows_everywhere_and_leaves_the_others(
+        pipeline_factory: Callable[..., Pipeline]) -> None:
+    p = pipeline_factory(sites=("a", "b")).start()
+    for site in ("a", "b"):
+        execute(p.site_dsn[site], *SEED)
+        p.sync(site)
+    assert p.sources["a"].stop() == 0
+    assert p.sink.stop() == 0
+    done = subprocess.run([sys.executable, "-m", "cdc.cli", "sink", "remove-site", "a", "--yes",
+                           "--config", str(p.sink.config)], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert "site a removed from the cloud (5 table(s))" in done.stdout, done.stdout
+    for table, columns in TABLES.items():
+        assert rows_of(p.cloud_dsn, table, columns, where_site="a") == [], table
+        assert rows_of(p.cloud_dsn, table, columns, where_site="b") == \
+            rows_of(p.site_dsn["b"], table, columns), table
+    assert count(p.cloud_dsn, "SELECT count(*) FROM tributary.sites WHERE site_id = 'a'") == 0
+    p.sink.start()  # the other site keeps flowing
+    execute(p.site_dsn["b"], "UPDATE devices SET name = 'still here' WHERE id = 1")
+    sync(p.site_dsn["b"], p.cloud_dsn, "b", TIMEOUT, (p.sources["b"], p.sink))
+    assert rows_of(p.cloud_dsn, "public.devices", ["id", "name"], where_site="b") == \
+        rows_of(p.site_dsn["b"], "public.devices", ["id", "name"])
