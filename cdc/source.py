@@ -215,16 +215,14 @@ class Source:
                 tag = data[0]
                 if tag == XLOGDATA:
                     msg = decode(data[XLOG_HEADER:])
-                    if chunk_filter is not None:
+                    if chunk_filter is not None:  # returns None for compression writes
                         msg = chunk_filter(msg)
-                        if msg is None:  # compression writes, TimescaleDB's own tables
-                            n += 1
-                            continue
-                    for key, value in handle(msg):
-                        produce(key, value)
-                    if type(msg) is Commit:
-                        progress.on_commit(msg.end_lsn)
-                        stats.transactions += 1
+                    if msg is not None:
+                        for key, value in handle(msg):
+                            produce(key, value)
+                        if type(msg) is Commit:
+                            progress.on_commit(msg.end_lsn)
+                            stats.transactions += 1
                     n += 1
                     if n & 1023:
                         continue

@@ -82,6 +82,12 @@ class Pipeline:
                        TIMEOUT, f"the slot of site {site} to be active", self.daemons)
         return self
 
+    def seed(self, *statements: str) -> None:
+        """Run ``statements`` at every site, then wait until the cloud has them."""
+        for site, dsn in self.site_dsn.items():
+            execute(dsn, *statements)
+            self.sync(site)
+
     def sync(self, site: str) -> None:
         sync(self.site_dsn[site], self.cloud_dsn, site, TIMEOUT, self.daemons)
 

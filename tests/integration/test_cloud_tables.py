@@ -127,9 +127,7 @@ def test_cloud_foreign_keys_on_site_and_key_hold_at_every_commit(
 def test_remove_site_deletes_its_rows_everywhere_and_leaves_the_others(
         pipeline_factory: Callable[..., Pipeline]) -> None:
     p = pipeline_factory(sites=("a", "b")).start()
-    for site in ("a", "b"):
-        execute(p.site_dsn[site], *SEED)
-        p.sync(site)
+    p.seed(*SEED)
     assert p.sources["a"].stop() == 0
     assert p.sink.stop() == 0
     done = subprocess.run([sys.executable, "-m", "cdc.cli", "sink", "remove-site", "a", "--yes",

@@ -81,9 +81,7 @@ def test_a_rename_at_one_site_renames_the_cloud_column_and_the_other_sites_follo
         pipeline_factory: Callable[..., Pipeline]) -> None:
     p = pipeline_factory(sites=("a", "b")).start()
     a, b = p.site_dsn["a"], p.site_dsn["b"]
-    for site in ("a", "b"):
-        execute(p.site_dsn[site], SEED[0])
-        p.sync(site)
+    p.seed(SEED[0])
     execute(a, "ALTER TABLE devices RENAME COLUMN firmware TO fw",
             "UPDATE devices SET fw = 'v2' WHERE id <= 3")
     p.sync("a")
@@ -142,9 +140,7 @@ def test_a_table_dropped_and_created_again_replaces_the_sites_rows(
         pipeline_factory: Callable[..., Pipeline]) -> None:
     p = pipeline_factory(sites=("a", "b")).start()
     a, b = p.site_dsn["a"], p.site_dsn["b"]
-    for site in ("a", "b"):
-        execute(p.site_dsn[site], SEED[0])
-        p.sync(site)
+    p.seed(SEED[0])
     execute(a, "DROP TABLE devices", "CREATE TABLE devices (id bigint PRIMARY KEY, name text)")
     wait_until(lambda: in_publication(a, "public.devices"), TIMEOUT, "devices in the publication",
                p.daemons)

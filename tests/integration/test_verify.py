@@ -21,9 +21,7 @@ def verify(p: Pipeline, site: str, *args: str) -> tuple[int, str]:
 def test_verify_agrees_then_names_every_difference_by_key(
         pipeline_factory: Callable[..., Pipeline]) -> None:
     p = pipeline_factory(sites=("a", "b")).start()
-    for site in ("a", "b"):
-        execute(p.site_dsn[site], *SEED)
-        p.sync(site)
+    p.seed(*SEED)
     code, out = verify(p, "a", "--chunk-rows", "100", "--settle", "5")
     assert code == 0, out
     assert "public.readings" in out and " 1000 " in out and "DIFFERS" not in out, out
