@@ -152,6 +152,43 @@ def source_run(config_path: str, log_format: str | None) -> None:
     _run_daemon("source", lambda: Source(config, stop).run())
 
 
+@source.command("snapshot")
+@CONFIG_OPTION
+@click.option("--table", "tables", multiple=True, required=True,
+              help="schema.table to copy again from the start (repeatable).")
+@click.option("--cancel", is_flag=True, help="Stop copying these tables instead.")
+def source_snapshot(config_path: str, tables: tuple[str, ...], cancel: bool) -> None:
+    """Ask the running source to copy tables (again), or to stop a copy under way.
+
+    The source copies existing rows by itself at a slot's first start and when a table joins;
+    this re-copies a table (e.g. after a column was added with a volatile default) or cancels.
+    Progress: SELECT * FROM tributary.snapshot_progress at the site.
+    """
+    config = _load(config_path, "text")
+    site = config.need_site()
+    import psycopg
+
+    from cdc.pgsession import pinned_conninfo
+    from cdc.snapshot import Snapshots, cancel as cancel_table
+    try:
+        with psycopg.connect(pinned_conninfo(site.dsn), autocommit=True) as conn:
+            for name in tables:
+                schema, _, table = name.partition(".")
+                if not table:
+                    click.echo(f"cdc: --table {name!r} must be schema.table", err=True)
+                    sys.exit(2)
+                if cancel:
+                    done = cancel_table(conn, site.slot_name, schema, table)
+                    click.echo(f"{name}: {'cancelled' if done else 'no copy under way'}")
+                else:
+                    Snapshots(conn, site.slot_name, site.snapshot_chunk_rows).request(
+                        [(schema, table)], "asked with cdc source snapshot")
+                    click.echo(f"{name}: snapshot requested; the running source copies it")
+    except psycopg.Error as exc:
+        click.echo(f"cdc: {str(exc).strip()}", err=True)
+        sys.exit(1)
+
+
 @main.group()
 def sink() -> None:
     """The cloud daemon: Kafka -> site transactions applied to the cloud database."""

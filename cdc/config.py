@@ -53,6 +53,10 @@ class SiteConfig(_Section):
     status_interval_s: float = Field(10.0, gt=0, le=60)
     #: how often the source looks for new tables that site.tables selects
     table_refresh_s: float = Field(5.0, gt=0, le=3600)
+    #: copy rows that exist before the stream carries them (at first start, and of tables that
+    #: join later): "initial"; or "never"
+    snapshot: Literal["initial", "never"] = "initial"
+    snapshot_chunk_rows: int = Field(10_000, ge=1, le=10_000_000)
 
     @field_validator("id")
     @classmethod

@@ -221,6 +221,19 @@ class EventBuilder:
         key = codec.key_prefix + BRANCH1 + key
         return [(key, self._envelope(codec, before, None, "d")), (key, None)]
 
+    def snapshot_row(self, oid: int, values: tuple) -> list[Record]:
+        """A row read by a snapshot, as an ``r`` event (source.snapshot true) in the open
+        transaction: the one that carries the snapshot chunk's marker (cdc.snapshot)."""
+        codec = self._checked_codec(oid, values)
+        row, key = codec.rows.row_key(values, None)
+        suffix = self._tx_suffix
+        self._tx_suffix = suffix[:-1] + b"\x01"  # snapshot: true
+        try:
+            value = self._envelope(codec, None, row, "r")
+        finally:
+            self._tx_suffix = suffix
+        return [(codec.key_prefix + BRANCH1 + key, value)]
+
     def _truncate(self, msg: Truncate) -> list[Record]:
         records: list[Record] = []
         for oid in msg.relation_oids:

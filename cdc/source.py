@@ -23,7 +23,7 @@ from cdc.errors import ConnectionLost, DeliveryError, ReplicationError
 from cdc.event_builder import EventBuilder, SiteIdentity
 from cdc.lsn import format_lsn
 from cdc.retry import run_with_backoff
-from cdc.pgoutput import Commit, decode_frame, decode_message
+from cdc.pgoutput import Commit, Message, decode_frame, decode_message
 from cdc.pgsession import pinned_conninfo
 from cdc.producer import EventProducer
 from cdc.progress import SourceProgress
@@ -31,10 +31,12 @@ from cdc.registry import Framing, RegistryFraming, SelfContained, registry_clien
 from cdc.schema_store import SchemaPublisher
 from cdc.slots import (
     ChunkCatalog, SiteTable, column_lookup, ensure_publication, ensure_slot, hypertables,
-    list_tables, matches, primary_key_lookup, publication_tables, timescaledb_version,
-    type_lookup,
+    list_tables, matches, primary_key_lookup, publication_tables, slot_state,
+    timescaledb_version, type_lookup,
 )
 from cdc.stream import ReplicationStream, identify_system, open_replication
+from cdc.snapshot import PREFIX as SNAPSHOT_PREFIX
+from cdc.snapshot import Snapshots
 from cdc.timescale import TimescaleFilter
 from cdc.topic_tail import last_published, wal_went_back
 from cdc.topics import ensure_topic
@@ -69,6 +71,8 @@ class Source:
         self._named: dict[str, float] = {}  # table -> when its problem was last logged
         self._timescaledb: str | None = None  # the site's TimescaleDB version, if any
         self._chunks_published = False
+        self._usable: list[tuple[str, str]] = []  # selected tables that can be replicated
+        self._joined: list[tuple[str, str]] = []  # of those, the ones added at this start
 
     def run(self) -> None:
         """Sessions with exponential backoff on transient failures, until stopped."""
@@ -95,11 +99,17 @@ class Source:
         self._timescaledb = timescaledb_version(conn)
         if self._timescaledb:
             self._check_timescaledb(conn)
-        ordinary, chunks = self._split(conn, self._usable_tables(conn))
+        usable = self._usable_tables(conn)
+        ordinary, chunks = self._split(conn, usable)
+        before = publication_tables(conn, site.publication)
         ensure_publication(conn, site.publication, ordinary,
                            selected=lambda name: matches(name, site.tables, site.exclude),
                            chunks=chunks)
         self._chunks_published = chunks
+        # tables that join now: the rows they already hold need a snapshot (if the slot exists)
+        self._joined = [(t.schema, t.name) for t in usable
+                        if before is not None and (t.schema, t.name) not in before]
+        self._usable = [(t.schema, t.name) for t in usable]
 
     def _split(self, conn: psycopg.Connection,
                tables: list[SiteTable]) -> tuple[list[SiteTable], bool]:
@@ -122,7 +132,8 @@ class Source:
                       "timescaledb.enable_compressed_direct_batch_delete = off",
                       extra={"site": self.site.id, "timescaledb": self._timescaledb})
 
-    def _refresh_tables(self, conn: psycopg.Connection) -> None:
+    def _refresh_tables(self, conn: psycopg.Connection,
+                        snapshots: Snapshots | None = None) -> None:
         """Add tables created since the last look (and now selected) to the publication."""
         have = publication_tables(conn, self.site.publication)
         if have is None:
@@ -132,6 +143,8 @@ class Source:
         if new or (chunks and not self._chunks_published):
             ensure_publication(conn, self.site.publication, new, chunks=chunks)
             self._chunks_published = self._chunks_published or chunks
+            if snapshots is not None and new:
+                snapshots.request([(t.schema, t.name) for t in new], "joined the replicated set")
 
     def session(self) -> None:
         site, kafka = self.site, self.config.kafka
@@ -146,7 +159,15 @@ class Source:
             self._prepare(conn)
             repl = open_replication(site.dsn)
             system = identify_system(repl)
+            fresh_slot = slot_state(conn, site.slot_name) is None
             slot = ensure_slot(repl, conn, site.slot_name)
+            snapshots = None
+            if site.snapshot == "initial":
+                snapshots = Snapshots(conn, slot.name, site.snapshot_chunk_rows)
+                if fresh_slot:  # the rows the site holds before the slot's first position
+                    snapshots.request(self._usable, "first start of the slot")
+                elif self._joined:
+                    snapshots.request(self._joined, "joined the replicated set")
             topic = kafka.site_topic(site.id)
             ensure_topic(kafka, topic, kafka.topic_config)
             last = last_published(kafka, topic)
@@ -179,7 +200,7 @@ class Source:
             log.info("streaming", extra={"site": site.id, "slot": slot.name, "topic": topic,
                                          "from_lsn": format_lsn(slot.confirmed_flush_lsn),
                                          "system_id": system.system_id})
-            self._stream(stream, builder, producer, progress, conn, chunk_filter)
+            self._stream(stream, builder, producer, progress, conn, chunk_filter, snapshots)
             # stopped: let Kafka acknowledge what is in flight, then confirm it
             producer.flush(30)
             stream.send_status(progress.received_lsn, progress.confirmed_lsn)
@@ -198,7 +219,8 @@ class Source:
 
     def _stream(self, stream: ReplicationStream, builder: EventBuilder,
                 producer: EventProducer, progress: SourceProgress,
-                conn: psycopg.Connection, chunk_filter: TimescaleFilter | None = None) -> None:
+                conn: psycopg.Connection, chunk_filter: TimescaleFilter | None = None,
+                snapshots: Snapshots | None = None) -> None:
         interval = self.site.status_interval_s
         refresh = self.site.table_refresh_s
         last_refresh = time.monotonic()
@@ -220,6 +242,10 @@ class Source:
                     if msg is not None:
                         for key, value in handle(msg):
                             produce(key, value)
+                        if type(msg) is Message and snapshots is not None \
+                                and msg.prefix == SNAPSHOT_PREFIX:  # a snapshot chunk's turn
+                            for key, value in snapshots.on_message(msg, builder):
+                                produce(key, value)
                         if type(msg) is Commit:
                             progress.on_commit(msg.end_lsn)
                             stats.transactions += 1
@@ -244,7 +270,9 @@ class Source:
                 stats.messages, stats.records, stats.confirmed_lsn = n, progress.produced, confirmed
             if now - last_refresh >= refresh:
                 last_refresh = now
-                self._refresh_tables(conn)
+                self._refresh_tables(conn, snapshots)
+            if snapshots is not None:
+                snapshots.step()
             if now - last_log >= PROGRESS_LOG_S:
                 last_log = now
                 log.info("progress", extra={

@@ -22,8 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 def site_config(path: Path, site_id: str, dsn: str, kafka: str, prefix: str,
                 extra: str = "", slot: str | None = None, tables: str = "public.*",
                 publication: str = "tributary", status_interval_s: float = 1,
-                kafka_extra: str = "") -> Path:
-    """A site config file (status every second by default: tests wait on slot positions)."""
+                kafka_extra: str = "", site_extra: str = "") -> Path:
+    """A site config file (status every second by default: tests wait on slot positions);
+    ``site_extra`` lines go into [site], ``kafka_extra`` into [kafka]."""
     path.write_text(f"""
 [site]
 id = "{site_id}"
@@ -32,6 +33,7 @@ dsn = "{dsn}"
 tables = ["{tables}"]
 publication = "{publication}"
 status_interval_s = {status_interval_s}
+{site_extra}
 
 [kafka]
 bootstrap_servers = "{kafka}"

@@ -46,7 +46,7 @@ class Pipeline:
     def __init__(self, tmp_path: Path, pg_factory: Callable[..., Any], kafka_broker: Any,
                  unique_name: Callable[[str], str], sites: tuple[str, ...] = ("a", "b"),
                  sink_extra: str = "", cluster_suffix: str = "",
-                 registry_url: str | None = None) -> None:
+                 registry_url: str | None = None, site_extra: str = "") -> None:
         self.tmp = tmp_path
         self.prefix = unique_name("t")
         self.kafka = kafka_broker.bootstrap_servers
@@ -62,7 +62,8 @@ class Pipeline:
             execute(dsn, *SCHEMA)
             self.site_dsn[site] = dsn
             cfg = site_config(tmp_path / f"{site}.toml", site, dsn, self.kafka, self.prefix,
-                              slot=unique_name(f"slot_{site}"), kafka_extra=kafka_extra)
+                              slot=unique_name(f"slot_{site}"), kafka_extra=kafka_extra,
+                              site_extra=site_extra)
             self.sources[site] = Daemon("source", cfg, tmp_path, f"source-{site}")
         cfg = cloud_config(tmp_path / "cloud.toml", self.cloud_dsn, self.kafka, self.prefix,
                            unique_name("group"), sink_extra, kafka_extra)

@@ -1,0 +1,224 @@
+"""Snapshots of rows that exist before the stream carries them: a site's existing data at first
+start, and tables that join the replicated set later. They are copied while the other tables
+keep streaming.
+
+A table is copied in key-ordered chunks. For each chunk the source writes a transactional
+logical message (``tributary-snapshot``: table, the key after which the chunk starts, its last
+key) at the site; when the stream reaches that message, the source reads the chunk's rows and
+publishes them as ``r`` events inside the message's transaction. Every change made after the
+message follows in the stream, so the cloud ends with exactly the site's rows: nothing missed,
+and a row both read and changed is only written again with the same or a newer value
+(DBLog-style watermarks, as Debezium's incremental snapshots).
+
+Progress lives at the site, in ``tributary.snapshot_progress`` (per slot and table: the last key
+copied, rows, state), written when a chunk's message is processed. A chunk whose records Kafka
+had not acknowledged before a crash comes back with the replayed stream (its message is after
+the slot's confirmed position), and the next chunk starts after the recorded key: a restart
+resumes, it does not start over. ``cdc source snapshot --cancel`` marks a table cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cdc.errors import SchemaError
+from cdc.pgoutput import Column, Message, Relation
+
+log = logging.getLogger(__name__)
+
+PREFIX = "tributary-snapshot"
+PROGRESS_TABLE = sql.Identifier("tributary", "snapshot_progress")
+_DDL = [
+    "CREATE SCHEMA IF NOT EXISTS tributary",
+    """CREATE TABLE IF NOT EXISTS tributary.snapshot_progress (
+        slot text NOT NULL, table_schema text NOT NULL, table_name text NOT NULL,
+        after_key text[], state text NOT NULL DEFAULT 'pending', rows bigint NOT NULL DEFAULT 0,
+        requested_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz,
+        PRIMARY KEY (slot, table_schema, table_name))""",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TableKey:
+    """A table's identity, its key columns (with types) and a Relation describing it."""
+
+    schema: str
+    table: str
+    oid: int
+    keys: tuple[str, ...]
+    key_types: tuple[str, ...]
+    columns: tuple[str, ...]
+    relation: Relation
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+def describe_table(conn: psycopg.Connection, schema: str, table: str) -> TableKey:
+    """The table as a Relation message would describe it (key flags as pgoutput sets them)."""
+    ident = sql.Identifier(schema, table).as_string(conn)
+    row = conn.execute("SELECT c.oid, c.relreplident FROM pg_class c WHERE c.oid = %s::regclass",
+                       (ident,)).fetchone()
+    if row is None:
+        raise SchemaError(f"{schema}.{table}: no such table to snapshot")
+    oid, identity = int(row[0]), str(row[1])
+    index_flag = "i.indisprimary" if identity == "d" else "i.indisreplident"
+    key_attnums = {r[0] for r in conn.execute(sql.SQL(
+        "SELECT unnest(i.indkey) FROM pg_index i WHERE i.indrelid = %s AND {}").format(
+        sql.SQL(index_flag)), (oid,)).fetchall()} if identity in ("d", "i") else set()
+    attrs = conn.execute(
+        "SELECT attnum, attname, atttypid, atttypmod, format_type(atttypid, atttypmod)"
+        " FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped"
+        " ORDER BY attnum", (oid,)).fetchall()
+    columns = tuple(Column(1 if identity == "f" or a[0] in key_attnums else 0, a[1], int(a[2]),
+                           int(a[3])) for a in attrs)
+    pk = [r[0] for r in conn.execute(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND"
+        " a.attnum = ANY(i.indkey) WHERE i.indrelid = %s AND i.indisprimary"
+        " ORDER BY array_position(i.indkey::int2[], a.attnum)", (oid,)).fetchall()]
+    flagged = [a[1] for a in attrs if a[0] in key_attnums]
+    keys = tuple(pk if identity in ("d", "f") and pk else flagged or [a[1] for a in attrs])
+    types = {a[1]: a[4] for a in attrs}
+    return TableKey(schema, table, oid, keys, tuple(types[k] for k in keys),
+                    tuple(a[1] for a in attrs),
+                    Relation(oid, schema, table, identity, columns))
+
+
+class Snapshots:
+    """The snapshot work of one source session: requests, the chunk in flight, progress."""
+
+    def __init__(self, conn: psycopg.Connection, slot: str, chunk_rows: int) -> None:
+        self.conn = conn
+        self.slot = slot
+        self.chunk_rows = chunk_rows
+        self._in_flight: str | None = None  # table whose chunk message is not processed yet
+        self._last_log = 0.0
+        self._idle_until = 0.0  # nothing pending: look again only after this
+        with conn.transaction():
+            for stmt in _DDL:
+                conn.execute(stmt)
+
+    def request(self, tables: list[tuple[str, str]], why: str) -> None:
+        """Copy these tables (again from the start unless one is already under way)."""
+        for schema, table in tables:
+            cur = self.conn.execute(sql.SQL(
+                "INSERT INTO {} (slot, table_schema, table_name) VALUES (%s, %s, %s)"
+                " ON CONFLICT (slot, table_schema, table_name) DO UPDATE SET state = 'pending',"
+                " after_key = NULL, rows = 0, requested_at = now()"
+                " WHERE {}.state IN ('done', 'cancelled')").format(PROGRESS_TABLE, PROGRESS_TABLE),
+                (self.slot, schema, table))
+            if cur.rowcount:
+                log.info("snapshot requested", extra={"table": f"{schema}.{table}", "why": why})
+        self._idle_until = 0.0
+
+    def _next_table(self) -> tuple[str, str, list[str] | None, int] | None:
+        row = self.conn.execute(sql.SQL(
+            "SELECT table_schema, table_name, after_key, rows FROM {} WHERE slot = %s"
+            " AND state IN ('pending', 'running') ORDER BY requested_at, table_schema, table_name"
+            " LIMIT 1").format(PROGRESS_TABLE), (self.slot,)).fetchone()
+        return None if row is None else (row[0], row[1], row[2], int(row[3]))
+
+    def step(self) -> None:
+        """Write the next chunk's message when none is in flight (between stream reads)."""
+        if self._in_flight is not None or time.monotonic() < self._idle_until:
+            return
+        found = self._next_table()
+        if found is None:
+            self._idle_until = time.monotonic() + 5.0  # a cancel or a request may come
+            return
+        schema, table, after, _ = found
+        key = describe_table(self.conn, schema, table)
+        cond, params = _after(key, after)
+        row = self.conn.execute(sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET {} LIMIT 1")
+                                .format(_key_text(key), sql.Identifier(schema, table), cond,
+                                        _key_cols(key), sql.Literal(self.chunk_rows - 1)),
+                                params).fetchone()
+        last = list(row) if row is not None else None  # None: the rest of the table
+        content = json.dumps({"slot": self.slot, "schema": schema, "table": table,
+                              "after": after, "last": last})
+        self.conn.execute("SELECT pg_logical_emit_message(true, %s, %s)", (PREFIX, content))
+        self._in_flight = key.qualified
+
+    def on_message(self, msg: Message, builder: Any) -> list[tuple[bytes, bytes | None]]:
+        """Our chunk message reached the stream: its rows, as ``r`` events of its transaction."""
+        spec = json.loads(msg.content)
+        if spec.get("slot") != self.slot:
+            return []  # another source's snapshot on the same database
+        schema, table, after, last = spec["schema"], spec["table"], spec["after"], spec["last"]
+        if self._in_flight == f"{schema}.{table}":
+            self._in_flight = None
+        try:
+            key = describe_table(self.conn, schema, table)
+        except SchemaError as exc:
+            log.warning("snapshot chunk of a table gone", extra={"table": f"{schema}.{table}",
+                                                                 "error": str(exc)})
+            return []
+        builder.handle(key.relation)  # the stream may not have described the table yet
+        cond, params = _after(key, after)
+        if last is not None:
+            cond = sql.SQL("{} AND {} <= {}").format(cond, _key_tuple(key), _key_params(key))
+            params = params + list(last)
+        cur = self.conn.cursor()
+        cur.execute(sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, key.columns)), sql.Identifier(schema, table),
+            cond, _key_cols(key)), params)
+        result = cur.pgresult  # the raw text of each value, as pgoutput prints it
+        assert result is not None
+        records: list[tuple[bytes, bytes | None]] = []
+        width = len(key.columns)
+        for i in range(result.ntuples):
+            values = tuple(result.get_value(i, j) for j in range(width))
+            records += builder.snapshot_row(key.oid, values)
+        state = "done" if last is None else "running"
+        row = self.conn.execute(sql.SQL(
+            "UPDATE {} SET after_key = %s, rows = rows + %s, state = CASE WHEN state ="
+            " 'cancelled' THEN state ELSE %s END, updated_at = now() WHERE slot = %s AND"
+            " table_schema = %s AND table_name = %s RETURNING rows, state").format(PROGRESS_TABLE),
+            (last, result.ntuples, state, self.slot, schema, table)).fetchone()
+        now = time.monotonic()
+        if state == "done" or now - self._last_log >= 10:
+            self._last_log = now
+            log.info("snapshot progress", extra={
+                "table": f"{schema}.{table}", "rows": row[0] if row else result.ntuples,
+                "state": row[1] if row else state, "last_key": last})
+        return records
+
+
+def cancel(conn: psycopg.Connection, slot: str, schema: str, table: str) -> bool:
+    """Mark a table's snapshot cancelled; the running source stops copying it."""
+    cur = conn.execute(sql.SQL(
+        "UPDATE {} SET state = 'cancelled', updated_at = now() WHERE slot = %s AND"
+        " table_schema = %s AND table_name = %s AND state IN ('pending', 'running')").format(
+        PROGRESS_TABLE), (slot, schema, table))
+    return bool(cur.rowcount)
+
+
+def _key_cols(key: TableKey) -> sql.Composable:
+    return sql.SQL(", ").join(map(sql.Identifier, key.keys))
+
+
+def _key_text(key: TableKey) -> sql.Composable:
+    return sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in key.keys)
+
+
+def _key_tuple(key: TableKey) -> sql.Composable:
+    return sql.SQL("({})").format(_key_cols(key))
+
+
+def _key_params(key: TableKey) -> sql.Composable:
+    return sql.SQL("({})").format(sql.SQL(", ").join(
+        sql.SQL("%s::{}").format(sql.SQL(t)) for t in key.key_types))
+
+
+def _after(key: TableKey, after: list[str] | None) -> tuple[sql.Composable, list[Any]]:
+    if after is None:
+        return sql.SQL("true"), []
+    return sql.SQL("{} > {}").format(_key_tuple(key), _key_params(key)), list(after)
