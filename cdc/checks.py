@@ -70,6 +70,17 @@ def check_site(config: Config) -> list[CheckResult]:
             "replica identity", not problems,
             "every selected table has a primary key or usable replica identity" if not problems
             else "; ".join(p for p in problems if p)))
+        if site.snapshot != "never":
+            can = conn.execute(
+                "SELECT CASE WHEN to_regnamespace('tributary') IS NULL"
+                " THEN has_database_privilege(current_database(), 'CREATE')"
+                " ELSE has_schema_privilege('tributary', 'CREATE,USAGE') END").fetchone()[0]  # type: ignore[index]
+            results.append(CheckResult(
+                "snapshot progress", bool(can),
+                "the role may keep snapshot progress in schema tributary" if can else
+                f"role {role} can neither create schema tributary nor write in it; run GRANT "
+                f"CREATE ON DATABASE {conn.info.dbname} TO {role} (or set site.snapshot = "
+                "\"never\")"))
         version = timescaledb_version(conn)
         if version:
             setting = conn.execute("SELECT current_setting("
