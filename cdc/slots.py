@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import psycopg
 from psycopg import sql
@@ -166,13 +166,28 @@ class ChunkCatalog:
     def __init__(self, conn: psycopg.Connection) -> None:
         self._conn = conn
 
+    def hypertable(self, schema: str, table: str) -> Hypertable | None:
+        """The hypertable of this name (for a snapshot, which reads the hypertable itself)."""
+        row = self._conn.execute(self._SELECT + " WHERE h.schema_name = %s AND h.table_name = %s",
+                                 (schema, table)).fetchone()
+        return self._hypertable(row)
+
+    @staticmethod
+    def _hypertable(row: Any) -> Hypertable | None:
+        if row is None:
+            return None
+        return Hypertable(row[0], row[1], int(row[2]) if row[2] is not None else None,
+                          row[3], int(row[4]) if row[4] is not None else None)
+
+    _SELECT = ("SELECT h.schema_name, h.table_name,"
+               " to_regclass(format('%%I.%%I', h.schema_name, h.table_name))::oid,"
+               " d.column_name, d.interval_length FROM _timescaledb_catalog.hypertable h"
+               " LEFT JOIN LATERAL (SELECT column_name, interval_length"
+               "   FROM _timescaledb_catalog.dimension WHERE hypertable_id = h.id"
+               "   AND interval_length IS NOT NULL ORDER BY id LIMIT 1) d ON true")
+
     def __call__(self, schema: str, table: str) -> Hypertable | None:
-        select = ("SELECT h.schema_name, h.table_name,"
-                  " to_regclass(format('%%I.%%I', h.schema_name, h.table_name))::oid,"
-                  " d.column_name, d.interval_length FROM _timescaledb_catalog.hypertable h"
-                  " LEFT JOIN LATERAL (SELECT column_name, interval_length"
-                  "   FROM _timescaledb_catalog.dimension WHERE hypertable_id = h.id"
-                  "   AND interval_length IS NOT NULL ORDER BY id LIMIT 1) d ON true")
+        select = self._SELECT
         row = self._conn.execute(
             select + " JOIN _timescaledb_catalog.chunk c ON c.hypertable_id = h.id"
             " WHERE c.schema_name = %s AND c.table_name = %s", (schema, table)).fetchone()
@@ -181,10 +196,7 @@ class ChunkCatalog:
             if hypertable_id is not None:
                 row = self._conn.execute(select + " WHERE h.id = %s",
                                          (hypertable_id,)).fetchone()
-        if row is None:
-            return None
-        return Hypertable(row[0], row[1], int(row[2]) if row[2] is not None else None,
-                          row[3], int(row[4]) if row[4] is not None else None)
+        return self._hypertable(row)
 
 
 @dataclass(frozen=True, slots=True)

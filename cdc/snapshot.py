@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import psycopg
 from psycopg import sql
@@ -95,8 +95,12 @@ def describe_table(conn: psycopg.Connection, schema: str, table: str) -> TableKe
 class Snapshots:
     """The snapshot work of one source session: requests, the chunk in flight, progress."""
 
-    def __init__(self, conn: psycopg.Connection, slot: str, chunk_rows: int) -> None:
+    def __init__(self, conn: psycopg.Connection, slot: str, chunk_rows: int,
+                 before_describe: Callable[[TableKey], None] | None = None,
+                 selected: Callable[[str], bool] = lambda name: True) -> None:
         self.conn = conn
+        self._selected = selected  # a table no longer selected is not copied any further
+        self._before_describe = before_describe  # e.g. TimescaleDB facts of a hypertable
         self.slot = slot
         self.chunk_rows = chunk_rows
         self._in_flight: str | None = None  # table whose chunk message is not processed yet
@@ -135,6 +139,11 @@ class Snapshots:
             self._idle_until = time.monotonic() + 5.0  # a cancel or a request may come
             return
         schema, table, after, _ = found
+        if not self._selected(f"{schema}.{table}"):
+            cancel(self.conn, self.slot, schema, table)
+            log.info("snapshot cancelled: the table is no longer selected",
+                     extra={"table": f"{schema}.{table}"})
+            return
         key = describe_table(self.conn, schema, table)
         cond, params = _after(key, after)
         row = self.conn.execute(sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET {} LIMIT 1")
@@ -161,6 +170,8 @@ class Snapshots:
             log.warning("snapshot chunk of a table gone", extra={"table": f"{schema}.{table}",
                                                                  "error": str(exc)})
             return []
+        if self._before_describe is not None:
+            self._before_describe(key)
         builder.handle(key.relation)  # the stream may not have described the table yet
         cond, params = _after(key, after)
         if last is not None:

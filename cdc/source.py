@@ -36,7 +36,7 @@ from cdc.slots import (
 )
 from cdc.stream import ReplicationStream, identify_system, open_replication
 from cdc.snapshot import PREFIX as SNAPSHOT_PREFIX
-from cdc.snapshot import Snapshots
+from cdc.snapshot import Snapshots, TableKey
 from cdc.timescale import TimescaleFilter
 from cdc.topic_tail import last_published, wal_went_back
 from cdc.topics import ensure_topic
@@ -161,9 +161,19 @@ class Source:
             system = identify_system(repl)
             fresh_slot = slot_state(conn, site.slot_name) is None
             slot = ensure_slot(repl, conn, site.slot_name)
+            chunk_filter = hypertable_facts = None
+            if self._timescaledb:  # chunk changes -> their hypertable, compression dropped
+                chunks = ChunkCatalog(conn)
+                chunk_filter = tsf = TimescaleFilter(
+                    chunks, selected=lambda name: matches(name, site.tables, site.exclude))
+
+                def hypertable_facts(key: TableKey) -> None:  # a snapshot reads a hypertable
+                    tsf.remember(key.oid, chunks.hypertable(key.schema, key.table))
             snapshots = None
             if site.snapshot == "initial":
-                snapshots = Snapshots(conn, slot.name, site.snapshot_chunk_rows)
+                snapshots = Snapshots(
+                    conn, slot.name, site.snapshot_chunk_rows, hypertable_facts,
+                    selected=lambda name: matches(name, site.tables, site.exclude))
                 if fresh_slot:  # the rows the site holds before the slot's first position
                     snapshots.request(self._usable, "first start of the slot")
                 elif self._joined:
@@ -184,11 +194,6 @@ class Source:
                 on_new_schema = None
             else:  # self-contained: schemas in the compacted schema topic, acked before use
                 framing, on_new_schema = SelfContained(), SchemaPublisher(kafka).publish
-            chunk_filter = None
-            if self._timescaledb:  # chunk changes -> their hypertable, compression dropped
-                chunk_filter = TimescaleFilter(
-                    ChunkCatalog(conn), selected=lambda name: matches(name, site.tables,
-                                                                        site.exclude))
             builder = EventBuilder(identity, type_lookup(conn), on_new_schema=on_new_schema,
                                    key_lookup=primary_key_lookup(conn),
                                    column_lookup=column_lookup(conn), framing=framing,

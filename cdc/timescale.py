@@ -74,12 +74,19 @@ class TimescaleFilter:
         self._selected = selected
         self._dropped: set[int] = set()  # relation OIDs whose changes are not data
         self._hypertables: dict[int, Hypertable] = {}  # chunk OID -> hypertable
+        self._own: dict[int, Hypertable] = {}  # hypertable OID -> itself (snapshots)
         self._open: set[str] = set()  # markers started and not yet ended in this transaction
         self.dropped_changes = 0
 
     def hypertable_of(self, oid: int) -> Hypertable | None:
-        """The hypertable behind a chunk's relation OID (None for any other relation)."""
-        return self._hypertables.get(oid)
+        """The hypertable behind a chunk's relation OID, or of a hypertable's own OID that a
+        snapshot described (:meth:`remember`); None for any other relation."""
+        return self._hypertables.get(oid) or self._own.get(oid)
+
+    def remember(self, oid: int, hypertable: Hypertable | None) -> None:
+        """A snapshot reads a hypertable itself: its events carry the same facts as its chunks'."""
+        if hypertable is not None:
+            self._own[oid] = hypertable
 
     def __call__(self, msg: object) -> object | None:
         kind = type(msg)

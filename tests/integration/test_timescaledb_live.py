@@ -38,7 +38,11 @@ def test_a_live_timescaledb_site_equals_its_cloud(tmp_path: Path, pg_factory: An
     site = pg_factory("site_tsdb", shared_preload_libraries="timescaledb")
     dsn = site.create_database(unique_name("tsdb"))
     before, during = workload()
-    execute(dsn, "CREATE EXTENSION timescaledb", MARKER_DDL, *before)
+    execute(dsn, "CREATE EXTENSION timescaledb", MARKER_DDL, *before,
+            # rows from before the slot: the snapshot reads the hypertable, and the cloud table
+            # it creates must still be a hypertable like the site's
+            "INSERT INTO public.measurements VALUES ('2025-12-31 12:00+00', 1, 1.5, 'old'),"
+            " ('2025-12-31 13:00+00', 2, 2.5, NULL)")
     execute(dsn, f"ALTER DATABASE {psycopg.conninfo.conninfo_to_dict(dsn)['dbname']}"
                  " SET timescaledb.enable_compressed_direct_batch_delete = off")
     # a TimescaleDB cloud: the missing cloud table becomes a hypertable like the site's
@@ -62,14 +66,15 @@ def test_a_live_timescaledb_site_equals_its_cloud(tmp_path: Path, pg_factory: An
                             ("public.alarms", ["id", "msg"]),
                             ("public.measurements", ["device_id", "ts", "value", "note"])]:
             assert rows_of(cloud, table, cols, where_site="ts") == rows_of(dsn, table, cols), table
-        assert count(cloud, "SELECT count(*) FROM public.measurements") == 4303
+        assert count(cloud, "SELECT count(*) FROM public.measurements") == \
+            count(dsn, "SELECT count(*) FROM public.measurements") == 4305
         assert "timescaledb_chunks" in source.log()
         assert count(cloud, "SELECT count(*) FROM _timescaledb_catalog.hypertable h JOIN"
                             " _timescaledb_catalog.dimension d ON d.hypertable_id = h.id"
                             " WHERE h.table_name = 'measurements' AND d.column_name = 'ts'"
                             " AND d.interval_length = 86400000000") == 1
         assert count(cloud, "SELECT count(*) FROM timescaledb_information.chunks"
-                            " WHERE hypertable_name = 'measurements'") == 3
+                            " WHERE hypertable_name = 'measurements'") == 4
     finally:
         for d in daemons:
             assert d.stop() == 0
