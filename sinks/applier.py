@@ -12,6 +12,7 @@ import hashlib
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from cdc.errors import ApplyError
 from sinks import copy_text, sql as q
@@ -117,8 +118,14 @@ class Applier:
         key = target.key_columns
         stage = self._stage(target, key, "keys")
         self._copy(stage, key, site_id, step.keys.values())
+        time_range = None
+        if target.time_column is not None:  # hypertable: bounds let TimescaleDB skip chunks
+            low, high = self.conn.execute(sql.SQL("SELECT min({0}), max({0}) FROM {1}").format(
+                sql.Identifier(target.time_column), sql.Identifier(stage))).fetchone()  # type: ignore[misc]
+            if low is not None:
+                time_range = (target.time_column, low, high)
         self.conn.execute(q.delete_using_stage(target.ident, stage, self.site_column, key,
-                                               target.nullable_key))
+                                               target.nullable_key, time_range))
 
     def _patch(self, site_id: str, target: Target, step: Patch) -> None:
         by_field = {c.field: c for c in target.columns}

@@ -7,6 +7,7 @@ Nothing here runs a statement; :mod:`sinks.applier`, :mod:`sinks.tables` and
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from psycopg import sql
 
@@ -146,10 +147,18 @@ def _equal(nullable_key: bool) -> sql.SQL:
 
 
 def delete_using_stage(target: sql.Identifier, stage: str, site_column: str,
-                       key: list[ColumnDef], nullable_key: bool = False) -> sql.Composed:
+                       key: list[ColumnDef], nullable_key: bool = False,
+                       time_range: tuple[str, Any, Any] | None = None) -> sql.Composed:
+    """DELETE of the staged keys. ``time_range`` (column, min, max of the staged keys) adds
+    constant bounds, so TimescaleDB excludes the other chunks when it plans (a join alone makes
+    it probe every chunk)."""
     cond = [sql.SQL("t.{0} = s.{0}").format(sql.Identifier(site_column))]
     cond += [sql.SQL("t.{0}{1}s.{0}").format(sql.Identifier(c.name), _equal(nullable_key))
              for c in key]
+    if time_range is not None:
+        column, low, high = time_range
+        cond.append(sql.SQL("t.{} BETWEEN {} AND {}").format(
+            sql.Identifier(column), sql.Literal(low), sql.Literal(high)))
     return sql.SQL("DELETE FROM {} AS t USING {} AS s WHERE {}").format(
         target, sql.Identifier(stage), sql.SQL(" AND ").join(cond))
 

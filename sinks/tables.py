@@ -67,6 +67,7 @@ class Target:
     ident: sql.Identifier
     columns: tuple[ColumnDef, ...]  # the version's columns, cloud-side names
     nullable_key: bool = False  # the key may hold NULLs (compare with IS NOT DISTINCT FROM)
+    time_column: str | None = None  # a site hypertable's time column (cloud name), in the key
 
     @property
     def qualified(self) -> str:
@@ -348,4 +349,7 @@ class CloudTables:
             log.info("set older rows of an added column", extra={
                 "table": f"{schema}.{table}", "column": mapping[col.name], "site": site_id,
                 "value": col.missing})
-        return Target(schema, table, q.qualified(schema, table), columns, version.nullable_key)
+        time_column = (version.hypertable or {}).get("time_column")
+        keyed = {c.name for c in version.columns if c.is_key}
+        return Target(schema, table, q.qualified(schema, table), columns, version.nullable_key,
+                      mapping.get(time_column) if time_column in keyed else None)

@@ -9,6 +9,7 @@ extension is installed (README: how it was checked by hand, and on which version
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,33 @@ def test_a_live_timescaledb_site_equals_its_cloud(tmp_path: Path, pg_factory: An
     finally:
         for d in daemons:
             assert d.stop() == 0
+
+
+@pytest.mark.skipif(not TIMESCALEDB.is_file(), reason="TimescaleDB is not installed")
+def test_deletes_of_a_cloud_hypertable_touch_only_the_chunks_of_their_keys(
+        pg_factory: Any, unique_name: Any) -> None:
+    from psycopg import sql
+
+    from sinks.changes import ColumnDef
+    from sinks.sql import delete_using_stage
+
+    cloud = pg_factory("cloud_tsdb", shared_preload_libraries="timescaledb").create_database(
+        unique_name("prune"))
+    execute(cloud, "CREATE EXTENSION timescaledb",
+            "CREATE TABLE m (site_id text, device_id int, ts timestamptz, v float8,"
+            " PRIMARY KEY (site_id, device_id, ts))",
+            "SELECT create_hypertable('m', by_range('ts', interval '1 day'))",
+            "INSERT INTO m SELECT 'a', g % 10, '2026-01-01'::timestamptz + g * interval '1 minute',"
+            " g FROM generate_series(0, 14399) g")  # 10 daily chunks
+    key = [ColumnDef("device_id", "device_id", "integer", True),
+           ColumnDef("ts", "ts", "timestamp with time zone", True)]
+    with psycopg.connect(cloud, autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE s (site_id text, device_id int, ts timestamptz)")
+        conn.execute("INSERT INTO s VALUES ('a', 1, '2026-01-03 00:01+00')")
+        low, high = conn.execute("SELECT min(ts), max(ts) FROM s").fetchone()  # type: ignore[misc]
+        for time_range, chunks in [(None, 10), (("ts", low, high), 1)]:
+            statement = delete_using_stage(sql.Identifier("m"), "s", "site_id", key,
+                                           time_range=time_range)
+            plan = "\n".join(r[0] for r in conn.execute(
+                sql.SQL("EXPLAIN (COSTS OFF) ") + statement).fetchall())
+            assert len(set(re.findall(r"_hyper_\d+_\d+_chunk\b", plan))) == chunks, plan
