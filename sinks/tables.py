@@ -58,6 +58,11 @@ def can_hold(cloud_type: str, site_type: str) -> bool:
     return False
 
 
+def _type_exists(conn: psycopg.Connection, sql_type: str) -> bool:
+    row = conn.execute("SELECT to_regtype(%s) IS NOT NULL", (sql_type,)).fetchone()
+    return bool(row and row[0])
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """A cloud table ready to receive one table version's rows."""
@@ -132,8 +137,7 @@ class CloudTables:
         """Create the enums, composites and ranges a column needs; add enum labels the site
         added; name the extension the cloud lacks for an extension's type."""
         for d in col.defs:
-            exists = conn.execute("SELECT to_regtype(%s) IS NOT NULL", (d.sql_name,)).fetchone()
-            if not (exists and exists[0]):
+            if not _type_exists(conn, d.sql_name):
                 if not self.create:
                     raise ApplyError(f"{where}: column {col.name} needs type {d.sql_name}, which "
                                      "the cloud lacks, and sink.create_tables is false")
@@ -150,8 +154,7 @@ class CloudTables:
                 if missing:
                     self._add_labels(d, missing, present, where)
         if not col.defs and col.extension:
-            exists = conn.execute("SELECT to_regtype(%s) IS NOT NULL", (col.sql_type,)).fetchone()
-            if not (exists and exists[0]):
+            if not _type_exists(conn, col.sql_type):
                 raise ApplyError(
                     f"{where}: column {col.name} has type {col.sql_type} from the site's "
                     f"extension {col.extension}, which the cloud database lacks: run CREATE "

@@ -24,12 +24,14 @@ def first_bytes(p: Pipeline, topic: str) -> set[bytes]:
                          "auto.offset.reset": "earliest"})
     consumer.subscribe([topic])
     seen: set[bytes] = set()
+    read = 0
     try:
-        for _ in range(50):
+        for _ in range(50):  # up to 50 s, until a few records are read
             msg = consumer.poll(1.0)
             if msg is not None and not msg.error() and msg.value():
                 seen.add(msg.value()[:1])
-                if _ > 5:
+                read += 1
+                if read >= 5:
                     break
     finally:
         consumer.close()

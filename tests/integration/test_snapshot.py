@@ -21,6 +21,15 @@ def progress(dsn: str, table: str) -> tuple[str, int] | None:
     return None if row is None else (row[0], int(row[1]))
 
 
+def wait_for(p: Pipeline, table: str, what: str, state: str | None = None,
+             rows: int = 0) -> None:
+    """Wait until the site's snapshot progress of ``table`` has ``state`` (or >= ``rows``)."""
+    def reached() -> bool:
+        found = progress(p.site_dsn["a"], table) or ("", 0)
+        return found[0] == state if state is not None else found[1] >= rows
+    wait_until(reached, TIMEOUT, what, p.daemons)
+
+
 def test_existing_rows_are_copied_while_changes_stream(
         pipeline_factory: Callable[..., Pipeline]) -> None:
     p = pipeline_factory(sites=("a",), site_extra="snapshot_chunk_rows = 97")
@@ -44,8 +53,8 @@ def test_existing_rows_are_copied_while_changes_stream(
     thread.start()
     thread.join(120)
     stop.set()
-    wait_until(lambda: all((progress(a, t) or ("", 0))[0] == "done" for t in TABLES), TIMEOUT,
-               "every snapshot to finish", p.daemons)
+    for table in TABLES:
+        wait_for(p, table, f"the snapshot of {table} to finish", state="done")
     p.sync("a")
     p.assert_equal("a")
     assert "snapshot progress" in p.sources["a"].log()
@@ -58,8 +67,7 @@ def test_a_killed_source_resumes_its_snapshot_where_it_was(
     a = p.site_dsn["a"]
     execute(a, BIG)
     p.start()
-    wait_until(lambda: (progress(a, "public.readings") or ("", 0))[1] >= 10000, TIMEOUT,
-               "the snapshot to be under way", p.daemons)
+    wait_for(p, "public.readings", "the snapshot to be under way", rows=10000)
     # let the slot confirm what is copied so far, then kill the source mid-snapshot
     wal = count(a, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
     wait_until(lambda: count(a, "SELECT max(confirmed_flush_lsn - '0/0'::pg_lsn)"
@@ -69,8 +77,7 @@ def test_a_killed_source_resumes_its_snapshot_where_it_was(
     state, copied = progress(a, "public.readings")  # type: ignore[misc]
     assert state == "running" and copied < 60000, (state, copied)
     p.sources["a"].start()
-    wait_until(lambda: (progress(a, "public.readings") or ("", 0))[0] == "done", TIMEOUT,
-               "the snapshot to finish", p.daemons)
+    wait_for(p, "public.readings", "the snapshot to finish", state="done")
     p.sync("a")
     assert rows_of(p.cloud_dsn, "public.readings", TABLES["public.readings"], where_site="a") \
         == rows_of(a, "public.readings", TABLES["public.readings"])
@@ -85,8 +92,7 @@ def test_a_table_that_joins_later_is_backfilled(pipeline_factory: Callable[..., 
     a = p.site_dsn["a"]
     execute(a, "CREATE TABLE late (id int PRIMARY KEY, v text)",
             "INSERT INTO late SELECT g, 'before ' || g FROM generate_series(1, 1234) g")
-    wait_until(lambda: (progress(a, "public.late") or ("", 0))[0] == "done", TIMEOUT,
-               "the backfill of public.late", p.daemons)
+    wait_for(p, "public.late", "the backfill of public.late", state="done")
     execute(a, "UPDATE late SET v = 'after' WHERE id % 100 = 0")
     p.sync("a")
     assert rows_of(p.cloud_dsn, "public.late", ["id", "v"], where_site="a") == \
@@ -114,16 +120,14 @@ def test_a_snapshot_can_be_cancelled_and_asked_for_again(
     a = p.site_dsn["a"]
     execute(a, BIG)
     p.start()
-    wait_until(lambda: (progress(a, "public.readings") or ("", 0))[1] >= 2000, TIMEOUT,
-               "the snapshot to be under way", p.daemons)
+    wait_for(p, "public.readings", "the snapshot to be under way", rows=2000)
     assert "cancelled" in cli("--table", "public.readings", "--cancel")
     time.sleep(2)  # a chunk in flight may still land
     state, rows = progress(a, "public.readings")  # type: ignore[misc]
     time.sleep(3)
     assert progress(a, "public.readings") == ("cancelled", rows) and rows < 60000
     assert "snapshot requested" in cli("--table", "public.readings")
-    wait_until(lambda: (progress(a, "public.readings") or ("", 0))[0] == "done", TIMEOUT,
-               "the snapshot asked for again to finish", p.daemons)
+    wait_for(p, "public.readings", "the snapshot asked for again to finish", state="done")
     p.sync("a")
     assert count(p.cloud_dsn, "SELECT count(*) FROM public.readings") == 60000
     p.stop()
