@@ -229,6 +229,18 @@ def slot_state(conn: psycopg.Connection, slot: str) -> SlotState | None:
                      parse_lsn(restart) if restart else 0, wal_status)
 
 
+def create_slot_exporting(repl_conn: psycopg.Connection, slot: str) -> tuple[SlotState, str]:
+    """Create the slot and export the snapshot of its consistent point: (state, snapshot name).
+    The snapshot lives until the next command on ``repl_conn``: import it before that."""
+    row = repl_conn.execute(sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT")
+                            .format(sql.Identifier(slot))).fetchone()
+    assert row is not None
+    lsn = parse_lsn(row[1])
+    log.info("created replication slot", extra={"slot": slot, "lsn": row[1],
+                                                "exported_snapshot": row[2]})
+    return SlotState(slot, lsn, lsn, "reserved"), str(row[2])
+
+
 def ensure_slot(repl_conn: psycopg.Connection, conn: psycopg.Connection, slot: str) -> SlotState:
     """The slot's state, creating it (logical, pgoutput) when missing."""
     state = slot_state(conn, slot)

@@ -42,7 +42,18 @@ _DDL = [
         after_key text[], state text NOT NULL DEFAULT 'pending', rows bigint NOT NULL DEFAULT 0,
         requested_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz,
         PRIMARY KEY (slot, table_schema, table_name))""",
+    # initial: copied before the stream starts (cdc.initial_copy); incremental: while it streams
+    "ALTER TABLE tributary.snapshot_progress ADD COLUMN IF NOT EXISTS mode text NOT NULL"
+    " DEFAULT 'incremental'",
+    "ALTER TABLE tributary.snapshot_progress ADD COLUMN IF NOT EXISTS position integer",
 ]
+
+
+def ensure_progress_table(conn: psycopg.Connection) -> None:
+    """The site table of snapshot progress (needs CREATE on the database the first time)."""
+    with conn.transaction():
+        for stmt in _DDL:
+            conn.execute(stmt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +117,7 @@ class Snapshots:
         self._in_flight: str | None = None  # table whose chunk message is not processed yet
         self._last_log = 0.0
         self._idle_until = 0.0  # nothing pending: look again only after this
-        with conn.transaction():
-            for stmt in _DDL:
-                conn.execute(stmt)
+        ensure_progress_table(conn)
 
     def request(self, tables: list[tuple[str, str]], why: str) -> None:
         """Copy these tables (again from the start unless one is already under way)."""
@@ -116,7 +125,7 @@ class Snapshots:
             cur = self.conn.execute(sql.SQL(
                 "INSERT INTO {} (slot, table_schema, table_name) VALUES (%s, %s, %s)"
                 " ON CONFLICT (slot, table_schema, table_name) DO UPDATE SET state = 'pending',"
-                " after_key = NULL, rows = 0, requested_at = now()"
+                " after_key = NULL, rows = 0, requested_at = now(), mode = 'incremental'"
                 " WHERE {}.state IN ('done', 'cancelled')").format(PROGRESS_TABLE, PROGRESS_TABLE),
                 (self.slot, schema, table))
             if cur.rowcount:
@@ -126,7 +135,8 @@ class Snapshots:
     def _next_table(self) -> tuple[str, str, list[str] | None, int] | None:
         row = self.conn.execute(sql.SQL(
             "SELECT table_schema, table_name, after_key, rows FROM {} WHERE slot = %s"
-            " AND state IN ('pending', 'running') ORDER BY requested_at, table_schema, table_name"
+            " AND state IN ('pending', 'running') AND mode = 'incremental'"
+            " ORDER BY requested_at, table_schema, table_name"
             " LIMIT 1").format(PROGRESS_TABLE), (self.slot,)).fetchone()
         return None if row is None else (row[0], row[1], row[2], int(row[3]))
 
@@ -146,14 +156,18 @@ class Snapshots:
             return
         key = describe_table(self.conn, schema, table)
         cond, params = _after(key, after)
-        row = self.conn.execute(sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET {} LIMIT 1")
+        row = None if nullable_key(self.conn, key) else self.conn.execute(sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET {} LIMIT 1")
                                 .format(_key_text(key), sql.Identifier(schema, table), cond,
                                         _key_cols(key), sql.Literal(self.chunk_rows - 1)),
                                 params).fetchone()
-        last = list(row) if row is not None else None  # None: the rest of the table
+        # None: the rest of the table (always, when a key column may be NULL: a row with a NULL
+        # in it is never "after" another, so such a table cannot be paged by its key)
+        last = list(row) if row is not None else None
         content = json.dumps({"slot": self.slot, "schema": schema, "table": table,
                               "after": after, "last": last})
-        self.conn.execute("SELECT pg_logical_emit_message(true, %s, %s)", (PREFIX, content))
+        with self.conn.transaction():  # flushed now: sites with synchronous_commit = off
+            self.conn.execute("SET LOCAL synchronous_commit = on")  # would hold it ~200 ms
+            self.conn.execute("SELECT pg_logical_emit_message(true, %s, %s)", (PREFIX, content))
         self._in_flight = key.qualified
 
     def on_message(self, msg: Message, builder: Any) -> list[tuple[bytes, bytes | None]]:
@@ -175,7 +189,7 @@ class Snapshots:
         builder.handle(key.relation)  # the stream may not have described the table yet
         cond, params = _after(key, after)
         if last is not None:
-            cond = sql.SQL("{} AND {} <= {}").format(cond, _key_tuple(key), _key_params(key))
+            cond = sql.SQL("{} AND {} <= {}").format(cond, key_tuple(key), key_params(key))
             params = params + list(last)
         cur = self.conn.cursor()
         cur.execute(sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
@@ -220,11 +234,18 @@ def _key_text(key: TableKey) -> sql.Composable:
     return sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in key.keys)
 
 
-def _key_tuple(key: TableKey) -> sql.Composable:
+def nullable_key(conn: psycopg.Connection, key: TableKey) -> bool:
+    """Whether a key column may be NULL (REPLICA IDENTITY FULL without a primary key)."""
+    row = conn.execute("SELECT bool_or(NOT attnotnull) FROM pg_attribute WHERE attrelid = %s"
+                       " AND attname = ANY(%s)", (key.oid, list(key.keys))).fetchone()
+    return bool(row and row[0])
+
+
+def key_tuple(key: TableKey) -> sql.Composable:
     return sql.SQL("({})").format(_key_cols(key))
 
 
-def _key_params(key: TableKey) -> sql.Composable:
+def key_params(key: TableKey) -> sql.Composable:
     return sql.SQL("({})").format(sql.SQL(", ").join(
         sql.SQL("%s::{}").format(sql.SQL(t)) for t in key.key_types))
 
@@ -232,4 +253,4 @@ def _key_params(key: TableKey) -> sql.Composable:
 def _after(key: TableKey, after: list[str] | None) -> tuple[sql.Composable, list[Any]]:
     if after is None:
         return sql.SQL("true"), []
-    return sql.SQL("{} > {}").format(_key_tuple(key), _key_params(key)), list(after)
+    return sql.SQL("{} > {}").format(key_tuple(key), key_params(key)), list(after)

@@ -18,6 +18,7 @@ import psycopg
 from confluent_kafka import KafkaException
 
 
+from cdc import initial_copy
 from cdc.config import Config
 from cdc.errors import ConnectionLost, DeliveryError, ReplicationError
 from cdc.event_builder import EventBuilder, SiteIdentity
@@ -30,7 +31,8 @@ from cdc.progress import SourceProgress
 from cdc.registry import Framing, RegistryFraming, SelfContained, registry_client
 from cdc.schema_store import SchemaPublisher
 from cdc.slots import (
-    ChunkCatalog, SiteTable, column_lookup, ensure_publication, ensure_slot, hypertables,
+    ChunkCatalog, SiteTable, column_lookup, create_slot_exporting, ensure_publication,
+    ensure_slot, hypertables,
     list_tables, matches, primary_key_lookup, publication_tables, slot_state,
     timescaledb_version, type_lookup,
 )
@@ -155,12 +157,19 @@ class Source:
             raise ConnectionLost(f"site {site.id}: cannot connect to the site database: {exc}") from exc
         repl = None
         producer = None
+        snap: psycopg.Connection | None = None  # the initial copy's snapshot transaction
         try:
             self._prepare(conn)
             repl = open_replication(site.dsn)
             system = identify_system(repl)
             fresh_slot = slot_state(conn, site.slot_name) is None
-            slot = ensure_slot(repl, conn, site.slot_name)
+            if fresh_slot and site.snapshot == "initial":
+                # the rows the site holds at the slot's consistent point, read from its snapshot
+                initial_copy.plan(conn, site.slot_name, self._usable)
+                slot, exported = create_slot_exporting(repl, site.slot_name)
+                snap = initial_copy.open_snapshot(site.dsn, exported)
+            else:
+                slot = ensure_slot(repl, conn, site.slot_name)
             chunk_filter = hypertable_facts = None
             if self._timescaledb:  # chunk changes -> their hypertable, compression dropped
                 chunks = ChunkCatalog(conn)
@@ -174,9 +183,7 @@ class Source:
                 snapshots = Snapshots(
                     conn, slot.name, site.snapshot_chunk_rows, hypertable_facts,
                     selected=lambda name: matches(name, site.tables, site.exclude))
-                if fresh_slot:  # the rows the site holds before the slot's first position
-                    snapshots.request(self._usable, "first start of the slot")
-                elif self._joined:
+                if self._joined and not fresh_slot:
                     snapshots.request(self._joined, "joined the replicated set")
             topic = kafka.site_topic(site.id)
             ensure_topic(kafka, topic, kafka.topic_config)
@@ -201,6 +208,23 @@ class Source:
                                    else None)
             progress = SourceProgress(slot.confirmed_flush_lsn)
             producer = EventProducer(kafka, topic, progress)
+            if site.snapshot == "initial":
+                copy = initial_copy.InitialCopy(conn, slot.name, site.snapshot_chunk_rows,
+                                                slot.confirmed_flush_lsn, hypertable_facts)
+                if copy.pending():
+                    if snap is None:  # resumed: the exported snapshot died with its session
+                        log.warning("initial copy resumed: the rest is read as the site is now; "
+                                    "the stream brings it back to each later state",
+                                    extra={"site": site.id, "slot": slot.name})
+                        snap = initial_copy.open_snapshot(site.dsn, None)
+                    if not copy.run(snap, builder, producer, progress, self.stop):
+                        log.info("stopped during the initial copy; it resumes at the next start",
+                                 extra={"site": site.id})
+                        return
+                    log.info("initial copy done", extra={"site": site.id, "slot": slot.name})
+            if snap is not None:
+                snap.close()
+                snap = None
             stream = ReplicationStream(repl, slot.name, site.publication, slot.confirmed_flush_lsn)
             log.info("streaming", extra={"site": site.id, "slot": slot.name, "topic": topic,
                                          "from_lsn": format_lsn(slot.confirmed_flush_lsn),
@@ -219,6 +243,8 @@ class Source:
             raise
         finally:
             conn.close()
+            if snap is not None:
+                snap.close()
             if repl is not None:
                 repl.close()
 
@@ -251,6 +277,7 @@ class Source:
                                 and msg.prefix == SNAPSHOT_PREFIX:  # a snapshot chunk's turn
                             for key, value in snapshots.on_message(msg, builder):
                                 produce(key, value)
+                            snapshots.step()  # the next chunk's message, without waiting
                         if type(msg) is Commit:
                             progress.on_commit(msg.end_lsn)
                             stats.transactions += 1

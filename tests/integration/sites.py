@@ -73,11 +73,13 @@ class Pipeline:
     def daemons(self) -> tuple[Daemon, ...]:
         return (*self.sources.values(), self.sink)
 
-    def start(self) -> "Pipeline":
+    def start(self, streaming: bool = True) -> "Pipeline":
+        """Start the daemons; with ``streaming``, wait until each source streams its slot (after
+        any initial copy)."""
         for d in self.daemons:
             d.start()
         # the source creates its slot on start: wait for it before any change that must flow
-        for site, dsn in self.site_dsn.items():
+        for site, dsn in (self.site_dsn.items() if streaming else ()):
             wait_until(lambda dsn=dsn: count(dsn, "SELECT count(*) FROM pg_replication_slots"
                                                   " WHERE active") == 1,
                        TIMEOUT, f"the slot of site {site} to be active", self.daemons)

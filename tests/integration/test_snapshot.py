@@ -1,10 +1,11 @@
-"""Rows a site holds before its stream: copied in key-ordered chunks while changes stream,
-resumed (not restarted) after a kill -9, and backfilled for tables that join later."""
+"""Rows a site holds before its stream: copied at the slot's start in key-ordered chunks,
+resumed (not restarted) after a kill -9, and tables that join later backfilled while the others
+stream."""
 
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 from devenv.pipeline import count, execute, rows_of, wait_until
 from tests.integration.sites import SEED, TABLES, TIMEOUT, Pipeline
@@ -16,8 +17,12 @@ BIG = ("INSERT INTO readings SELECT 1000 + g % 50, timestamptz '2026-01-01 00:00
 def progress(dsn: str, table: str) -> tuple[str, int] | None:
     import psycopg
     with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT state, rows FROM tributary.snapshot_progress"
-                           " WHERE table_schema || '.' || table_name = %s", (table,)).fetchone()
+        try:
+            row = conn.execute("SELECT state, rows FROM tributary.snapshot_progress"
+                               " WHERE table_schema || '.' || table_name = %s",
+                               (table,)).fetchone()
+        except psycopg.errors.UndefinedTable:  # the source has not started yet
+            return None
     return None if row is None else (row[0], int(row[1]))
 
 
@@ -28,6 +33,95 @@ def wait_for(p: Pipeline, table: str, what: str, state: str | None = None,
         found = progress(p.site_dsn["a"], table) or ("", 0)
         return found[0] == state if state is not None else found[1] >= rows
     wait_until(reached, TIMEOUT, what, p.daemons)
+
+
+def topic_events(p: Pipeline, site: str) -> list[dict[str, Any]]:
+    """Every change event on a site's topic, decoded (Begin, Commit and tombstones left out)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from cdc.avro import read_fingerprint
+    from cdc.config import load_config
+    from cdc.schema_store import SchemaResolver
+
+    kafka = load_config(p.sink.config).kafka
+    topic = kafka.site_topic(site)
+    resolver = SchemaResolver(kafka)
+    consumer = Consumer({"bootstrap.servers": p.kafka, "group.id": topic + "-read",
+                         "enable.auto.commit": False})
+    events: list[dict[str, Any]] = []
+    try:
+        _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        for _ in range(high + 100):  # bounded: every record once, and a few empty polls
+            msg = consumer.poll(1.0)
+            if msg is None or msg.error():
+                continue
+            if msg.value() is not None:
+                codec = resolver.get(read_fingerprint(msg.value()))
+                if codec.kind == "change":
+                    events.append(codec.decode_body(msg.value()))
+            if msg.offset() >= high - 1:
+                break
+    finally:
+        consumer.close()
+    return events
+
+
+def test_the_initial_copy_is_the_site_at_the_slots_start(
+        pipeline_factory: Callable[..., Pipeline]) -> None:
+    """Transfers between accounts keep the sum of balances: a copy that is one state of the
+    site sums to it exactly; accounts reference branches, copied first for the cloud's FK."""
+    p = pipeline_factory(sites=("a",), site_extra="snapshot_chunk_rows = 50")
+    a = p.site_dsn["a"]
+    execute(a, "CREATE TABLE branches (id int PRIMARY KEY, name text)",
+            "CREATE TABLE accounts (id int PRIMARY KEY, branch int NOT NULL REFERENCES branches,"
+            " balance bigint NOT NULL)",
+            "INSERT INTO branches SELECT g, 'b' || g FROM generate_series(1, 300) g",
+            "INSERT INTO accounts SELECT g, 1 + g % 300, 100 FROM generate_series(1, 3000) g")
+    execute(p.cloud_dsn,
+            "CREATE TABLE branches (site_id text, id int, name text, PRIMARY KEY (site_id, id))",
+            "CREATE TABLE accounts (site_id text, id int, branch int NOT NULL, balance bigint,"
+            " PRIMARY KEY (site_id, id), FOREIGN KEY (site_id, branch) REFERENCES branches"
+            " (site_id, id) DEFERRABLE INITIALLY DEFERRED)")
+    stop = threading.Event()
+    moved = [0]
+
+    def transfers() -> None:  # from high ids (copied last) to low ones (copied first)
+        import psycopg
+        with psycopg.connect(a, autocommit=True) as conn:
+            while not stop.is_set() and moved[0] < 3000:
+                i = moved[0]
+                with conn.transaction():
+                    conn.execute("UPDATE accounts SET balance = balance - 7 WHERE id = %s",
+                                 (3000 - i % 1000,))
+                    conn.execute("UPDATE accounts SET balance = balance + 7 WHERE id = %s",
+                                 (1 + i % 1000,))
+                    if i % 100 == 0:  # new branches and accounts referencing them
+                        conn.execute("INSERT INTO branches VALUES (%s, 'new')", (1000 + i,))
+                        conn.execute("INSERT INTO accounts VALUES (%s, %s, 0)",
+                                     (10000 + i, 1000 + i))
+                moved[0] += 1
+
+    thread = threading.Thread(target=transfers)
+    thread.start()
+    try:
+        p.start()
+        for table in ("public.branches", "public.accounts"):
+            wait_for(p, table, f"the initial copy of {table}", state="done")
+    finally:
+        stop.set()
+        thread.join(60)
+    assert moved[0] > 0
+    p.sync("a")
+    for table, cols in (("public.branches", ["id", "name"]),
+                        ("public.accounts", ["id", "branch", "balance"])):
+        assert rows_of(p.cloud_dsn, table, cols, where_site="a") == rows_of(a, table, cols)
+    copied = [e["after"] for e in topic_events(p, "a")
+              if e["op"] == "r" and e["source"]["table"] == "accounts"]
+    assert len({r["id"] for r in copied}) == len(copied) >= 3000
+    assert sum(r["balance"] for r in copied) == 300000  # one state of the site: the slot's start
+    assert "stopped" not in p.sink.log()
+    p.stop()
 
 
 def test_existing_rows_are_copied_while_changes_stream(
@@ -61,29 +155,27 @@ def test_existing_rows_are_copied_while_changes_stream(
     p.stop()
 
 
-def test_a_killed_source_resumes_its_snapshot_where_it_was(
+def test_a_killed_source_resumes_its_initial_copy_where_it_was(
         pipeline_factory: Callable[..., Pipeline]) -> None:
-    p = pipeline_factory(sites=("a",), site_extra="snapshot_chunk_rows = 1000")
+    p = pipeline_factory(sites=("a",), site_extra="snapshot_chunk_rows = 200")
     a = p.site_dsn["a"]
-    execute(a, BIG)
-    p.start()
-    wait_for(p, "public.readings", "the snapshot to be under way", rows=10000)
-    # let the slot confirm what is copied so far, then kill the source mid-snapshot
-    wal = count(a, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
-    wait_until(lambda: count(a, "SELECT max(confirmed_flush_lsn - '0/0'::pg_lsn)"
-                                " FROM pg_replication_slots") >= wal, TIMEOUT,
-               "the slot to confirm the first chunks", p.daemons)
+    execute(a, BIG.replace("60000", "400000"))
+    p.start(streaming=False)
+    wait_for(p, "public.readings", "the initial copy to be under way", rows=10000)
     p.sources["a"].kill9()
     state, copied = progress(a, "public.readings")  # type: ignore[misc]
-    assert state == "running" and copied < 60000, (state, copied)
+    assert state == "running" and copied < 400000, (state, copied)
+    execute(a, "UPDATE readings SET value = -1 WHERE device_id = 1000",  # after the slot's start
+            "DELETE FROM readings WHERE device_id = 1001")
     p.sources["a"].start()
-    wait_for(p, "public.readings", "the snapshot to finish", state="done")
+    wait_for(p, "public.readings", "the initial copy to finish", state="done")
     p.sync("a")
     assert rows_of(p.cloud_dsn, "public.readings", TABLES["public.readings"], where_site="a") \
         == rows_of(a, "public.readings", TABLES["public.readings"])
-    # resumed, not started over: the confirmed chunks (10,000 rows or more) were not copied again
-    state, rows = progress(a, "public.readings")  # type: ignore[misc]
-    assert state == "done" and rows - 60000 <= copied - 10000, (rows, copied)
+    assert "initial copy resumed" in p.sources["a"].log()
+    # resumed, not started over: the rows recorded before the kill were not published again
+    snapshot_rows = sum(1 for e in topic_events(p, "a") if e["op"] == "r")
+    assert 400000 <= snapshot_rows < 400000 + copied, (snapshot_rows, copied)
     p.stop()
 
 
@@ -116,18 +208,19 @@ def test_a_snapshot_can_be_cancelled_and_asked_for_again(
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    p = pipeline_factory(sites=("a",), site_extra="snapshot_chunk_rows = 500")
+    p = pipeline_factory(sites=("a",), site_extra="snapshot_chunk_rows = 2000")
     a = p.site_dsn["a"]
-    execute(a, BIG)
-    p.start()
-    wait_for(p, "public.readings", "the snapshot to be under way", rows=2000)
+    execute(a, BIG.replace("60000", "400000"))
+    p.start(streaming=False)
+    wait_for(p, "public.readings", "the initial copy to be under way", rows=2000)
     assert "cancelled" in cli("--table", "public.readings", "--cancel")
     time.sleep(2)  # a chunk in flight may still land
     state, rows = progress(a, "public.readings")  # type: ignore[misc]
     time.sleep(3)
-    assert progress(a, "public.readings") == ("cancelled", rows) and rows < 60000
+    assert progress(a, "public.readings") == ("cancelled", rows) and rows < 400000
+    # asked for again: copied while the site streams (the slot's start is long gone)
     assert "snapshot requested" in cli("--table", "public.readings")
     wait_for(p, "public.readings", "the snapshot asked for again to finish", state="done")
     p.sync("a")
-    assert count(p.cloud_dsn, "SELECT count(*) FROM public.readings") == 60000
+    assert count(p.cloud_dsn, "SELECT count(*) FROM public.readings") == 400000
     p.stop()

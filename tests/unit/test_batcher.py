@@ -194,3 +194,23 @@ def test_missing_change_records_stop_the_site() -> None:
 def test_change_without_begin_is_an_error() -> None:
     with pytest.raises(ApplyError, match="outside a transaction"):
         SiteStream("a", None).change(ins(1), 7)
+
+
+def test_initial_copy_chunks_share_an_lsn_and_are_skipped_only_behind_the_stream() -> None:
+    """Chunks of a slot's initial copy (xid 0) all carry the LSN below its consistent point."""
+    s = SiteStream("a", None)
+    for offset, k in ((0, 1), (3, 2)):
+        assert not s.begin(begin(99, xid=0), offset)
+        assert s.change(ins(k), offset + 1)  # the second chunk is applied too
+        s.commit(commit(99, 1, xid=0), offset + 2)
+    s.begin(begin(99, xid=5), 6)  # a real transaction is never at a chunk's LSN: skipped
+    assert not s.change(ins(9), 7)
+    s.commit(commit(99, 1, xid=5), 8)
+    s.begin(begin(100), 9)  # the stream, from the consistent point
+    assert s.change(ins(3), 10)
+    s.commit(commit(100, 1), 11)
+    changes, tx, _ = s.take_done()
+    assert [c.after["id"] for c in changes] == [1, 2, 3] and tx.commit_lsn == 100
+    s.committed(tx)
+    s.begin(begin(99, xid=0), 12)  # a chunk read again on a replay: behind the stream, skipped
+    assert not s.change(ins(1), 13)
