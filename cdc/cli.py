@@ -62,6 +62,31 @@ def _run_daemon(name: str, body: Callable[[], None]) -> None:
         sys.exit(1)
 
 
+def _construct(factory: Callable[[], Any]) -> Any:
+    """Build a daemon; a config it cannot run with exits 2 like a bad config file."""
+    try:
+        return factory()
+    except ConfigError as exc:
+        log.error(str(exc))
+        click.echo(f"cdc: config error: {exc}", err=True)
+        sys.exit(2)
+
+
+def _serve(config: Config, registry: Any, health: Any,
+           on_scrape: Callable[[], None] | None = None) -> Any:
+    """Start /metrics, /healthz and /readyz when metrics.port is set."""
+    if config.metrics.port is None:
+        return None
+    from cdc.health import MetricsServer
+    try:
+        return MetricsServer(config.metrics.host, config.metrics.port, registry, health,
+                             on_scrape).start()
+    except OSError as exc:
+        click.echo(f"cdc: config error: {config.path}: metrics.port {config.metrics.port} on "
+                   f"{config.metrics.host}: {exc.strerror or exc}", err=True)
+        sys.exit(2)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Tributary: replicate many PostgreSQL / TimescaleDB sites into one cloud database via Kafka.
@@ -71,6 +96,8 @@ def main() -> None:
                     cdc source run --config site.toml
     In the cloud:   cdc sink run --config cloud.toml
     Proof:          cdc verify --config site.toml --cloud cloud.toml
+    Operating:      cdc status --config cloud.toml     (or site.toml)
+                    cdc replay --config cloud.toml --to-time ... [--dry-run]
     """
 
 
@@ -88,6 +115,110 @@ def check(config_path: str) -> None:
     for result in results:
         click.echo(f"{'ok  ' if result.ok else 'FAIL'}  {result.name}: {result.detail}")
     sys.exit(0 if all(r.ok for r in results) else 1)
+
+
+@main.command("status")
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+def status_command(config_path: str, as_json: bool) -> None:
+    """Where replication stands, without a running daemon.
+
+    \b
+    With a cloud config ([sink]): one line per site: state (applying, lagging, stopped),
+      last commit applied (LSN, site time), lag in seconds and in records on its topic, error.
+    With a site config ([site]): the slot: active, wal_status, confirmed LSN, lag and retained
+      WAL in bytes, bytes left before invalidation, snapshot copies under way.
+    Exit 0; 1 when a site is stopped or the slot is lost or missing.
+    """
+    config = _load(config_path, "text")
+    import psycopg
+
+    from cdc import status
+    try:
+        if config.sink is not None:
+            lines = status.cloud_status(config)
+            click.echo(status.render_cloud(lines, as_json))
+            bad = any(line.state == "stopped" for line in lines)
+        else:
+            line = status.site_status(config)
+            click.echo(status.render_site(line, as_json))
+            bad = not line.exists or line.wal_status == "lost"
+    except ConfigError as exc:
+        click.echo(f"cdc: config error: {exc}", err=True)
+        sys.exit(2)
+    except psycopg.Error as exc:
+        click.echo(f"cdc: {str(exc).strip()}", err=True)
+        sys.exit(1)
+    sys.exit(1 if bad else 0)
+
+
+@main.command("replay")
+@CONFIG_OPTION
+@click.option("--site", "sites", multiple=True, metavar="ID",
+              help="Only this site (repeatable; default: every site the cloud knows).")
+@click.option("--table", "tables", multiple=True, metavar="SCHEMA.TABLE",
+              help="With --reapply: apply again only this site table's changes (repeatable).")
+@click.option("--to-time", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S",
+                                                "%Y-%m-%d %H:%M:%S"]),
+              help="Rewind to the first record Kafka received at or after this time "
+                   "(ISO 8601; without an offset, UTC).")
+@click.option("--to-offset", type=click.IntRange(min=0), help="Rewind to this Kafka offset.")
+@click.option("--from-beginning", is_flag=True, help="Rewind to the oldest record Kafka holds.")
+@click.option("--reapply", is_flag=True,
+              help="Apply the re-read transactions again (repair a damaged table); by default "
+                   "those already applied stay skipped.")
+@click.option("--dry-run", is_flag=True, help="Show what would be read again; change nothing.")
+def replay_command(config_path: str, sites: tuple[str, ...], tables: tuple[str, ...],
+                   to_time: Any, to_offset: int | None, from_beginning: bool, reapply: bool,
+                   dry_run: bool) -> None:
+    """Rewind the sink to a time or an offset, for all sites or chosen sites and tables.
+
+    \b
+    Stop every sink of the group first (kubectl scale deploy/tributary-sink --replicas=0); the
+    command refuses while one runs. Then start the sinks again: they read from the new offsets.
+    Examples:
+      cdc replay --config cloud.toml --to-time 2026-11-20T00:00:00Z --dry-run
+      cdc replay --config cloud.toml --site plant-a --table public.readings \\
+                 --from-beginning --reapply
+    """
+    from datetime import timezone
+
+    from cdc import replay
+    config = _load(config_path, "text")
+    if sum(x is not None and x is not False for x in (to_time, to_offset, from_beginning)) != 1:
+        click.echo("cdc: give exactly one of --to-time, --to-offset, --from-beginning", err=True)
+        sys.exit(2)
+    if tables and not reapply:
+        click.echo("cdc: --table chooses what --reapply applies again; without --reapply every "
+                   "re-read transaction is skipped anyway", err=True)
+        sys.exit(2)
+    for name in tables:
+        if name.count(".") != 1:
+            click.echo(f"cdc: --table {name!r} must be schema.table (the site table)", err=True)
+            sys.exit(2)
+    if to_time is not None and to_time.tzinfo is None:
+        to_time = to_time.replace(tzinfo=timezone.utc)
+    import psycopg
+    try:
+        config.need_sink()
+        plans = replay.plan(config, list(sites), to_time, to_offset)
+        click.echo(replay.describe(plans, reapply, list(tables)))
+        if dry_run:
+            click.echo("dry run: nothing changed")
+            return
+        members = replay.running_members(config)
+        if members:
+            raise replay.ReplayRefused(
+                f"{members} sink(s) of group {config.need_sink().group_id} are running; stop "
+                "them first (a running sink would write its own offsets over the rewind)")
+        replay.apply(config, plans, reapply, list(tables))
+    except ConfigError as exc:
+        click.echo(f"cdc: config error: {exc}", err=True)
+        sys.exit(2)
+    except (TributaryError, psycopg.Error) as exc:
+        click.echo(f"cdc: replay refused: {str(exc).strip()}", err=True)
+        sys.exit(1)
+    click.echo("rewound; start the sink(s) to read again from there")
 
 
 @main.command("verify")
@@ -149,7 +280,13 @@ def source_run(config_path: str, log_format: str | None) -> None:
     stop = _stop_on_signals()
     from cdc.source import Source
     log.info("source starting", extra={"site": repr(config.site), "kafka": repr(config.kafka)})
-    _run_daemon("source", lambda: Source(config, stop).run())
+    daemon = _construct(lambda: Source(config, stop))
+    server = _serve(config, daemon.metrics.registry, daemon.health)
+    try:
+        _run_daemon("source", daemon.run)
+    finally:
+        if server is not None:
+            server.close()
 
 
 @source.command("snapshot")
@@ -203,7 +340,13 @@ def sink_run(config_path: str, log_format: str | None) -> None:
     stop = _stop_on_signals()
     from sinks.sink import Sink
     log.info("sink starting", extra={"sink": repr(config.sink), "kafka": repr(config.kafka)})
-    _run_daemon("sink", lambda: Sink(config, stop).run())
+    daemon = _construct(lambda: Sink(config, stop))
+    server = _serve(config, daemon.metrics.registry, daemon.health, daemon.refresh_metrics)
+    try:
+        _run_daemon("sink", daemon.run)
+    finally:
+        if server is not None:
+            server.close()
 
 
 @sink.command("remove-site")

@@ -57,6 +57,11 @@ class SiteConfig(_Section):
     #: join later): "initial"; or "never"
     snapshot: Literal["initial", "never"] = "initial"
     snapshot_chunk_rows: int = Field(10_000, ge=1, le=10_000_000)
+    #: an empty transaction (a logical message) this often: an idle site's lag stays fresh in
+    #: the cloud and its slot keeps advancing; 0 turns heartbeats off
+    heartbeat_interval_s: float = Field(10.0, ge=0, le=3600)
+    #: WAL the slot may retain before a metric and a log line raise the alarm
+    max_retained_wal_bytes: int = Field(10 * 1024**3, gt=0)
 
     @field_validator("id")
     @classmethod
@@ -172,6 +177,13 @@ class SinkConfig(_Section):
                 f"site_column={self.site_column!r}, tables={self.tables!r})")
 
 
+class MetricsConfig(_Section):
+    """The HTTP endpoint of /metrics (Prometheus), /healthz and /readyz; off without a port."""
+
+    host: str = "127.0.0.1"  # "0.0.0.0" in a pod, for the kubelet's probes and Prometheus
+    port: int | None = Field(None, ge=1, le=65535)
+
+
 class LogConfig(_Section):
     format: Literal["json", "text"] = "json"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -184,6 +196,7 @@ class Config(_Section):
     kafka: KafkaConfig
     sink: SinkConfig | None = None
     log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
     path: str = ""  # where it was read from, for messages
 
     def need_site(self) -> SiteConfig:
@@ -200,7 +213,8 @@ class Config(_Section):
 
 
 _SECTIONS: dict[str, type[BaseModel]] = {
-    "site": SiteConfig, "kafka": KafkaConfig, "sink": SinkConfig, "log": LogConfig}
+    "site": SiteConfig, "kafka": KafkaConfig, "sink": SinkConfig, "log": LogConfig,
+    "metrics": MetricsConfig}
 _LIST_FIELDS = {("site", "tables"), ("site", "exclude")}
 _DICT_FIELDS = {("kafka", "config"), ("kafka", "topic_config"), ("sink", "tables")}
 

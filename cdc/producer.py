@@ -73,6 +73,10 @@ class EventProducer:
                     continue
         self._progress.produced += 1
 
+    def queued(self) -> int:
+        """Records waiting for Kafka's acknowledgement (the producer's queue)."""
+        return len(self._producer)
+
     def check(self) -> None:
         """Raise if any delivery failed; then settle which commits are fully acknowledged."""
         if self._error is not None:

@@ -22,7 +22,9 @@ from cdc import initial_copy
 from cdc.config import Config
 from cdc.errors import ConnectionLost, DeliveryError, ReplicationError
 from cdc.event_builder import EventBuilder, SiteIdentity
+from cdc.health import Health
 from cdc.lsn import format_lsn
+from cdc.metrics import source_metrics
 from cdc.retry import run_with_backoff
 from cdc.pgoutput import Commit, Message, decode_frame, decode_message
 from cdc.pgsession import pinned_conninfo
@@ -36,7 +38,7 @@ from cdc.slots import (
     list_tables, matches, primary_key_lookup, publication_tables, slot_state,
     timescaledb_version, type_lookup,
 )
-from cdc.stream import ReplicationStream, identify_system, open_replication
+from cdc.stream import ReplicationStream, identify_system, now_pg_us, open_replication
 from cdc.snapshot import PREFIX as SNAPSHOT_PREFIX
 from cdc.snapshot import Snapshots, TableKey
 from cdc.timescale import TimescaleFilter
@@ -49,6 +51,8 @@ TRANSIENT = (ConnectionLost, DeliveryError, psycopg.OperationalError, KafkaExcep
 XLOGDATA, KEEPALIVE = ord("w"), ord("k")
 XLOG_HEADER = 25  # 'w' + wal_start + wal_end + send_time
 PROGRESS_LOG_S = 30.0
+#: logical message of an idle site's heartbeat transaction (it carries no change)
+HEARTBEAT_PREFIX = "tributary-heartbeat"
 
 
 @dataclass
@@ -75,10 +79,38 @@ class Source:
         self._chunks_published = False
         self._usable: list[tuple[str, str]] = []  # selected tables that can be replicated
         self._joined: list[tuple[str, str]] = []  # of those, the ones added at this start
+        self.metrics = source_metrics(self.site.id)
+        self.health = Health()
+        self._over_limit_logged = -1e9
 
     def run(self) -> None:
         """Sessions with exponential backoff on transient failures, until stopped."""
         run_with_backoff(self.session, self.stop, "source session", TRANSIENT)
+
+    def _observe_slot(self, conn: psycopg.Connection) -> None:
+        """Slot figures for the metrics; an alarm when the slot retains more WAL than allowed."""
+        site, m = self.site, self.metrics
+        row = conn.execute(
+            "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint,"
+            " (pg_current_wal_lsn() - restart_lsn)::bigint, wal_status"
+            " FROM pg_replication_slots WHERE slot_name = %s", (site.slot_name,)).fetchone()
+        if row is None:
+            return
+        lag, retained, wal_status = int(row[0] or 0), int(row[1] or 0), row[2]
+        m.wal_lag_bytes.labels(site.id).set(lag)
+        m.retained_wal_bytes.labels(site.id).set(retained)
+        over = retained > site.max_retained_wal_bytes
+        m.over_limit.labels(site.id).set(1 if over else 0)
+        now = time.monotonic()
+        if over and now - self._over_limit_logged >= 600:
+            self._over_limit_logged = now
+            log.warning("the slot retains more WAL than site.max_retained_wal_bytes: the site's "
+                        "disk fills while the source lags (Kafka away, source stopped or slow); "
+                        "if it reaches max_slot_wal_keep_size the slot is invalidated and the "
+                        "site must be copied again", extra={
+                            "site": site.id, "slot": site.slot_name, "retained_bytes": retained,
+                            "limit_bytes": site.max_retained_wal_bytes,
+                            "wal_status": wal_status})
 
     def _usable_tables(self, conn: psycopg.Connection) -> list[SiteTable]:
         """The tables site.tables selects that can be replicated; the others are named, with
@@ -212,12 +244,14 @@ class Source:
                 copy = initial_copy.InitialCopy(conn, slot.name, site.snapshot_chunk_rows,
                                                 slot.confirmed_flush_lsn, hypertable_facts)
                 if copy.pending():
+                    self.health.set_ready(False, "initial copy under way")
                     if snap is None:  # resumed: the exported snapshot died with its session
                         log.warning("initial copy resumed: the rest is read as the site is now; "
                                     "the stream brings it back to each later state",
                                     extra={"site": site.id, "slot": slot.name})
                         snap = initial_copy.open_snapshot(site.dsn, None)
-                    if not copy.run(snap, builder, producer, progress, self.stop):
+                    if not copy.run(snap, builder, producer, progress, self.stop,
+                                    on_chunk=self.health.beat):
                         log.info("stopped during the initial copy; it resumes at the next start",
                                  extra={"site": site.id})
                         return
@@ -229,7 +263,13 @@ class Source:
             log.info("streaming", extra={"site": site.id, "slot": slot.name, "topic": topic,
                                          "from_lsn": format_lsn(slot.confirmed_flush_lsn),
                                          "system_id": system.system_id})
-            self._stream(stream, builder, producer, progress, conn, chunk_filter, snapshots)
+            self.health.set_ready(True)
+            self.metrics.streaming.labels(site.id).set(1)
+            try:
+                self._stream(stream, builder, producer, progress, conn, chunk_filter, snapshots)
+            finally:
+                self.health.set_ready(False, "not streaming (reconnecting or stopping)")
+                self.metrics.streaming.labels(site.id).set(0)
             # stopped: let Kafka acknowledge what is in flight, then confirm it
             producer.flush(30)
             stream.send_status(progress.received_lsn, progress.confirmed_lsn)
@@ -238,6 +278,7 @@ class Source:
             log.info("stopped", extra={"site": site.id,
                                        "confirmed_lsn": format_lsn(progress.confirmed_lsn)})
         except DeliveryError:
+            self.metrics.delivery_errors.labels(site.id).inc()
             if producer is not None:
                 producer.abandon()
             raise
@@ -259,9 +300,14 @@ class Source:
         read, decode, handle, produce = stream.read, decode_message, builder.handle, producer.produce
         poll, check = producer.poll, producer.check
         last_status = 0.0
-        last_log = time.monotonic()
+        last_log = last_observed = last_slot = last_beat = time.monotonic()
+        heartbeat_s = self.site.heartbeat_interval_s
+        last_commit_seen = last_beat  # monotonic: when the stream last carried a Commit
+        last_commit_ts = now_pg_us()  # the site's commit time of that Commit
         reported = -1
         n = 0
+        m, site_id = self.metrics, self.site.id
+        counted_records = counted_tx = 0
         while not self.stop.is_set():
             data = read(0.2)
             if data is not None:
@@ -281,6 +327,7 @@ class Source:
                         if type(msg) is Commit:
                             progress.on_commit(msg.end_lsn)
                             stats.transactions += 1
+                            last_commit_ts = msg.commit_ts
                     n += 1
                     if n & 1023:
                         continue
@@ -300,6 +347,26 @@ class Source:
                 stream.send_status(progress.received_lsn, confirmed)
                 last_status, reported = now, confirmed
                 stats.messages, stats.records, stats.confirmed_lsn = n, progress.produced, confirmed
+            if now - last_observed >= 1.0:
+                last_observed = now
+                self.health.beat()
+                if stats.transactions != counted_tx:
+                    last_commit_seen = now
+                m.events.labels(site_id).inc(progress.produced - counted_records)
+                m.transactions.labels(site_id).inc(stats.transactions - counted_tx)
+                counted_records, counted_tx = progress.produced, stats.transactions
+                m.confirmed_lsn.labels(site_id).set(confirmed)
+                m.kafka_queue.labels(site_id).set(producer.queued())
+                m.seconds_since_last_commit.labels(site_id).set(
+                    max(0.0, (now_pg_us() - last_commit_ts) / 1e6))
+                if heartbeat_s and now - last_commit_seen >= heartbeat_s \
+                        and now - last_beat >= heartbeat_s:
+                    last_beat = now  # an idle site: an empty transaction keeps lag fresh
+                    conn.execute("SELECT pg_logical_emit_message(true, %s, %s)",
+                                 (HEARTBEAT_PREFIX, site_id))
+                if now - last_slot >= 5.0:
+                    last_slot = now
+                    self._observe_slot(conn)
             if now - last_refresh >= refresh:
                 last_refresh = now
                 self._refresh_tables(conn, snapshots)

@@ -47,6 +47,7 @@ class _OpenTx:
     commit_lsn: int
     commit_ts: int
     skip: bool
+    only: frozenset[str] | None = None  # a replay of chosen tables: apply only their changes
     changes: list[Change] = field(default_factory=list)
     count: int = 0  # changes seen, including ones already handed out (big transactions)
 
@@ -54,8 +55,13 @@ class _OpenTx:
 class SiteStream:
     """The state of one site's partition between cloud commits."""
 
-    def __init__(self, site_id: str, applied: AppliedTx | None) -> None:
+    def __init__(self, site_id: str, applied: AppliedTx | None,
+                 replay: tuple[int, frozenset[str] | None] | None = None) -> None:
         self.site_id = site_id
+        # cdc replay --reapply: transactions up to this commit LSN are applied again (only the
+        # chosen tables' changes when a set is given), though the cloud has them
+        self.replay_until, self.replay_tables = replay if replay else (None, None)
+        self.had_replay = replay is not None  # its row in tributary.replays is still to delete
         self.applied = applied  # what the cloud holds (committed)
         self.open: _OpenTx | None = None
         self.done: list[Change] = []  # changes of complete transactions, not yet applied
@@ -63,6 +69,7 @@ class SiteStream:
         self.inflight_tx: AppliedTx | None = None  # handed out, its cloud commit not yet seen
         self.next_offset: int | None = None  # offset to resume from after the last boundary
         self.skipped = 0  # transactions skipped as already applied
+        self.done_commit_ts: list[int] = []  # site commit times (us) of the done transactions
 
     @property
     def last_tx(self) -> AppliedTx | None:
@@ -78,7 +85,11 @@ class SiteStream:
         skip = (last is not None and last.identity == identity
                 and (rec["commit_lsn"] < last.commit_lsn
                      or (rec["commit_lsn"] == last.commit_lsn and rec["xid"] != 0)))
-        self.open = _OpenTx(identity, rec["xid"], rec["commit_lsn"], rec["commit_ts"], skip)
+        only = None
+        if self.replay_until is not None and rec["commit_lsn"] <= self.replay_until:
+            skip, only = False, self.replay_tables
+        self.open = _OpenTx(identity, rec["xid"], rec["commit_lsn"], rec["commit_ts"], skip,
+                            only)
         if skip:
             self.skipped += 1
         return cut
@@ -90,7 +101,7 @@ class SiteStream:
             raise ApplyError(f"site {self.site_id}: change of {change.version.qualified} at "
                              f"offset {offset} outside a transaction (no Begin before it)")
         tx.count += 1
-        if tx.skip:
+        if tx.skip or (tx.only is not None and change.version.qualified not in tx.only):
             return False
         tx.changes.append(change)
         return True
@@ -107,10 +118,13 @@ class SiteStream:
                 f"says {rec['changes']}: records are missing")
         self.open = None
         self.next_offset = offset + 1
+        if self.replay_until is not None and tx.commit_lsn >= self.replay_until:
+            self.replay_until = self.replay_tables = None  # the replay has caught up
         if not tx.skip:
             self.done.extend(tx.changes)
             self.done_tx = AppliedTx(tx.identity, tx.xid, tx.commit_lsn, rec["end_lsn"],
                                      tx.commit_ts)
+            self.done_commit_ts.append(tx.commit_ts)
 
     def other(self, offset: int) -> None:
         """A record that changes nothing (tombstone): a boundary when no transaction is open."""
@@ -127,6 +141,7 @@ class SiteStream:
         """Hand out the complete transactions: their changes, the last one, the resume offset."""
         changes, tx, offset = self.done, self.done_tx, self.next_offset
         self.done, self.done_tx, self.next_offset = [], None, None
+        self.done_commit_ts = []  # read by the sink's metrics before this call
         if tx is not None:
             self.inflight_tx = tx
         return changes, tx, offset

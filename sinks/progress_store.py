@@ -50,6 +50,16 @@ _DDL = [
         site_name text NOT NULL, attnum integer, cloud_name text NOT NULL,
         PRIMARY KEY (site_id, table_schema, table_name, site_name))""").format(
         sql.Identifier(META_SCHEMA, "site_columns")),
+    # per site: cdc replay --reapply: apply again up to until_lsn (only these tables if set)
+    sql.SQL("""CREATE TABLE IF NOT EXISTS {} (
+        site_id text PRIMARY KEY, until_lsn pg_lsn NOT NULL, tables text[],
+        requested_at timestamptz NOT NULL DEFAULT now())""").format(
+        sql.Identifier(META_SCHEMA, "replays")),
+    # per site: "stopped" with the error while the sink holds the site back (cdc status)
+    sql.SQL("""CREATE TABLE IF NOT EXISTS {} (
+        site_id text PRIMARY KEY, state text NOT NULL, error text,
+        updated_at timestamptz NOT NULL DEFAULT now())""").format(
+        sql.Identifier(META_SCHEMA, "site_status")),
     # per site and cloud table: the OID of the site table (a new one: dropped and re-created)
     sql.SQL("""CREATE TABLE IF NOT EXISTS {} (
         site_id text NOT NULL, table_schema text NOT NULL, table_name text NOT NULL,
@@ -105,3 +115,32 @@ def save_site(conn: psycopg.Connection, site_id: str, tx: AppliedTx) -> None:
         sql.Identifier(META_SCHEMA, "sites")),
         (site_id, tx.identity.system_id, tx.identity.timeline, tx.identity.slot, tx.xid,
          format_lsn(tx.commit_lsn), format_lsn(tx.end_lsn), ts))
+
+
+def mark_stopped(dsn: str, site_id: str, error: str) -> None:
+    """Record that the sink holds a site back, on a connection of its own (the main one may be
+    inside a transaction that is being rolled back)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL(
+            "INSERT INTO {} (site_id, state, error) VALUES (%s, 'stopped', %s) ON CONFLICT"
+            " (site_id) DO UPDATE SET state = 'stopped', error = EXCLUDED.error,"
+            " updated_at = now()").format(sql.Identifier(META_SCHEMA, "site_status")),
+            (site_id, error[:2000]))
+
+
+def clear_stopped(conn: psycopg.Connection, sites: list[str]) -> None:
+    """Sites assigned again are tried again: no longer shown as stopped."""
+    conn.execute(sql.SQL("DELETE FROM {} WHERE site_id = ANY(%s)").format(
+        sql.Identifier(META_SCHEMA, "site_status")), (sites,))
+
+
+def load_replays(conn: psycopg.Connection) -> dict[str, tuple[int, frozenset[str] | None]]:
+    rows = conn.execute(sql.SQL("SELECT site_id, until_lsn::text, tables FROM {}").format(
+        sql.Identifier(META_SCHEMA, "replays"))).fetchall()
+    return {r[0]: (parse_lsn(r[1]), frozenset(r[2]) if r[2] else None) for r in rows}
+
+
+def finish_replay(conn: psycopg.Connection, site_id: str, commit_lsn: int) -> None:
+    """In the cloud transaction that applies past a replay's end: the replay is done."""
+    conn.execute(sql.SQL("DELETE FROM {} WHERE site_id = %s AND until_lsn <= %s::pg_lsn").format(
+        sql.Identifier(META_SCHEMA, "replays")), (site_id, format_lsn(commit_lsn)))

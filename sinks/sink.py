@@ -25,7 +25,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from cdc.avro import read_fingerprint
 from cdc.config import Config
 from cdc.errors import ApplyError, ConnectionLost, DecodeError, SchemaError
+from cdc.health import Health
 from cdc.lsn import format_lsn
+from cdc.metrics import OP_NAMES, sink_metrics
 from cdc.pgsession import pinned_conninfo
 from cdc.retry import run_with_backoff
 from cdc.schema_store import SchemaResolver
@@ -66,6 +68,10 @@ class _Part:
     tx: AppliedTx | None
     next_offset: int | None
     final: bool = True  # False: a part of a large transaction, the cloud transaction stays open
+    ops: dict[str, int] = field(default_factory=dict)  # changes by op, for the metrics
+    commit_ts: list[int] = field(default_factory=list)  # site commit times (us) of its txs
+    committed_at: float = 0.0  # cloud commit time (Unix s), set by the worker
+    replaying: bool = False  # the site had a replay to finish when the part was taken
 
 
 class _SiteFailed(Exception):
@@ -148,6 +154,29 @@ class Sink:
         self.stats = SinkStats()
         self.registry = SchemaResolver(config.kafka)
         self._decoders: dict[int, EnvelopeDecoder] = {}
+        self.metrics = sink_metrics()
+        self.health = Health()
+        self.streams: dict[tuple[str, int], SiteStream] = {}
+
+    def refresh_metrics(self) -> None:
+        """At scrape time: lag of each site = now - commit time of its last applied tx."""
+        now = time.time()
+        for site, ts in list(self.stats.last_commit_ts.items()):
+            self.metrics.lag_seconds.labels(site).set(max(0.0, now - ts / 1e6))
+
+    def _observe_consumer_lag(self) -> None:
+        """Records on each partition after what the cloud has applied (one broker round trip
+        per partition, every 15 s)."""
+        for (topic, partition), stream in list(self.streams.items()):
+            try:
+                _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                              timeout=2)
+                position = self.consumer.position([TopicPartition(topic, partition)])[0].offset
+            except KafkaException:
+                continue
+            applied = stream.next_offset if stream.next_offset is not None else position
+            if applied is not None and applied >= 0:
+                self.metrics.consumer_lag.labels(topic, str(partition)).set(max(0, high - applied))
 
     # -- lifecycle -----------------------------------------------------------------------------
     def run(self) -> None:
@@ -183,10 +212,14 @@ class Sink:
                                          "group": cfg.group_id})
             self.worker = _ApplyWorker(self._apply_batch)
             self.worker.start()
+            self.health.set_ready(True)
+            self.metrics.consuming.set(1)
             self._loop()
             self._flush()
             self._drain()
         finally:
+            self.health.set_ready(False, "not consuming (reconnecting or stopping)")
+            self.metrics.consuming.set(0)
             if self.worker is not None:
                 self.worker.close()
             if consumer is not None:
@@ -202,12 +235,24 @@ class Sink:
         self._rollback()
         offsets = progress_store.load_offsets(self.conn, self.cfg.group_id)
         sites = progress_store.load_sites(self.conn)
-        self.conn.rollback()
+        replays = progress_store.load_replays(self.conn)
+        progress_store.clear_stopped(self.conn, [
+            s for s in (self.kafka.site_of_topic(tp.topic) for tp in partitions) if s])
+        self.conn.commit()
         for tp in partitions:
             site = self.kafka.site_of_topic(tp.topic)
             tp.offset = offsets.get((tp.topic, tp.partition), OFFSET_BEGINNING)
             if site is not None:
-                self.streams[(tp.topic, tp.partition)] = SiteStream(site, sites.get(site))
+                self.streams[(tp.topic, tp.partition)] = SiteStream(site, sites.get(site),
+                                                                    replays.get(site))
+                if site in replays:
+                    log.info("replay: applying again up to a commit LSN", extra={
+                        "site": site, "until_lsn": format_lsn(replays[site][0]),
+                        "tables": sorted(replays[site][1] or []) or "all"})
+                self.metrics.site_stopped.labels(site).set(0)
+                applied = sites.get(site)
+                if applied is not None and site not in self.stats.last_commit_ts:
+                    self.stats.last_commit_ts[site] = applied.commit_ts
             log.info("assigned", extra={"topic": tp.topic, "partition": tp.partition,
                                         "offset": tp.offset})
         consumer.assign(partitions)
@@ -286,8 +331,10 @@ class Sink:
     def _loop(self) -> None:
         cfg = self.cfg
         consumer = self.consumer
-        batch_started = last_log = time.monotonic()
+        batch_started = last_log = last_lag = time.monotonic()
+        beat = self.health.beat
         while not self.stop.is_set():
+            beat()
             msgs = consumer.consume(num_messages=2000, timeout=0.05)
             for msg in msgs:
                 err = msg.error()
@@ -322,6 +369,9 @@ class Sink:
                 if batch_started - last_log >= PROGRESS_LOG_S:
                     last_log = batch_started
                     self._log_progress()
+                if batch_started - last_lag >= 15.0:
+                    last_lag = batch_started
+                    self._observe_consumer_lag()
 
     def _log_progress(self) -> None:
         stats = self.stats
@@ -337,8 +387,14 @@ class Sink:
         for (topic, partition), stream in self.streams.items():
             if stream.done_tx is None and stream.next_offset is None:
                 continue
+            commit_ts = stream.done_commit_ts
+            replaying = stream.replay_until is not None or stream.had_replay
             changes, tx, offset = stream.take_done()
-            batch.append(_Part(topic, partition, stream, plan(changes), len(changes), tx, offset))
+            ops: dict[str, int] = {}
+            for change in changes:
+                ops[change.op] = ops.get(change.op, 0) + 1
+            batch.append(_Part(topic, partition, stream, plan(changes), len(changes), tx, offset,
+                               ops=ops, commit_ts=commit_ts, replaying=replaying))
         if batch:
             self.worker.submit(batch)
         self._collect()
@@ -346,6 +402,7 @@ class Sink:
     def _apply_batch(self, batch: list[_Part]) -> None:
         """In the worker: the batch's rows and progress, one cloud transaction."""
         conn, applier = self.conn, self.applier
+        started = time.monotonic()
         try:
             for part in batch:
                 if part.steps:
@@ -355,12 +412,18 @@ class Sink:
                         raise _SiteFailed(part, exc) from exc
                 if part.tx is not None:
                     progress_store.save_site(conn, part.stream.site_id, part.tx)
+                    if part.replaying:
+                        progress_store.finish_replay(conn, part.stream.site_id, part.tx.commit_lsn)
                 if part.next_offset is not None:
                     progress_store.save_offset(conn, self.cfg.group_id, part.topic,
                                                part.partition, part.next_offset)
             if not all(part.final for part in batch):
                 return  # more of a large transaction follows in this cloud transaction
             conn.commit()
+            done = time.time()
+            self.metrics.batch_seconds.observe(time.monotonic() - started)
+            for part in batch:
+                part.committed_at = done
         except BaseException:
             try:
                 conn.rollback()
@@ -381,11 +444,22 @@ class Sink:
                 batch = self.worker.finished.get_nowait()
             except queue.Empty:
                 break
+            m = self.metrics
             for part in batch:
                 part.stream.committed(part.tx)
+                site = part.stream.site_id
                 if part.tx is not None:
-                    stats.last_commit_ts[part.stream.site_id] = part.tx.commit_ts
+                    stats.last_commit_ts[site] = part.tx.commit_ts
                     stats.transactions += 1
+                    m.last_applied_lsn.labels(site).set(part.tx.commit_lsn)
+                    m.last_applied_commit_ts.labels(site).set(part.tx.commit_ts / 1e6)
+                    m.lag_seconds.labels(site).set(max(0.0, time.time() - part.tx.commit_ts / 1e6))
+                if part.replaying and part.stream.replay_until is None:
+                    part.stream.had_replay = False  # its tributary.replays row is deleted
+                for op, n in part.ops.items():
+                    m.rows_applied.labels(site, OP_NAMES.get(op, op)).inc(n)
+                for ts in part.commit_ts:
+                    m.end_to_end_seconds.observe(max(0.0, part.committed_at - ts / 1e6))
                 stats.changes += part.changes
             stats.batches += 1
         self.worker.check()
@@ -407,6 +481,13 @@ class Sink:
         (its offset stays where the cloud is), the other sites go on. Cleared by a restart."""
         stream = self.streams.pop(key, None)
         site = stream.site_id if stream else key[0]
+        self.metrics.site_stopped.labels(site).set(1)
+        try:
+            progress_store.mark_stopped(pinned_conninfo(self.cfg.dsn), site,
+                                        f"{type(cause).__name__}: {cause}")
+        except psycopg.Error as exc:  # the log line below still says it
+            log.warning("could not record the stopped site", extra={"site": site,
+                                                                    "error": str(exc)})
         log.error(f"site {site} stopped: {cause}", extra={
             "site": site, "topic": key[0], "partition": key[1],
             "error_type": type(cause).__name__})
