@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: Kafka key of control records (Begin, Commit): compacted topics need a key on every record.
 CONTROL_KEY = b"\x00tributary.tx"
+#: Kafka key of Position records: compaction keeps the latest
+POSITION_KEY = b"\x00tributary.position"
 
 Record = tuple[bytes, bytes | None]
 """An encoded Kafka record: (key, value); value None is a tombstone."""
@@ -79,6 +81,7 @@ class EventBuilder:
         self._on_new_schema = on_new_schema
         self._begin = self._framing.codec(control_schema("begin"))
         self._commit = self._framing.codec(control_schema("commit"))
+        self._position = self._framing.codec(control_schema("position"))
         self._announced: set[int] = set()
         self._refreshed: set[tuple[int, bytes]] = set()
         self._xid = 0
@@ -100,6 +103,14 @@ class EventBuilder:
     def _emit_control_schemas(self) -> None:
         self._announce(self._begin)
         self._announce(self._commit)
+        self._announce(self._position)
+
+    def position(self, server_lsn: int, at_us: int) -> Record:
+        """A Position record (between transactions): the site server's WAL position."""
+        if self._open:
+            raise DecodeError("a Position record inside a transaction")
+        return (POSITION_KEY, self._position.encode(
+            {"site": self.site.site_id, "server_lsn": server_lsn, "at": at_us}))
 
     def _codec(self, oid: int) -> _TableCodec:
         codec = self._codecs.get(oid)

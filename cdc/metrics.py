@@ -85,6 +85,7 @@ class SinkMetrics:
     last_applied_lsn: Gauge
     last_applied_commit_ts: Gauge
     lag_seconds: Gauge
+    lag_bytes: Gauge
     site_stopped: Gauge
     consumer_lag: Gauge
     rows_applied: Counter
@@ -107,6 +108,9 @@ def sink_metrics() -> SinkMetrics:
         lag_seconds=Gauge("tributary_sink_lag_seconds",
                           "now - site commit time of the last transaction applied (idle sites "
                           "stay fresh through heartbeats)", ["site"], registry=r),
+        lag_bytes=Gauge("tributary_sink_lag_bytes",
+                        "the site's WAL position (reported by its source every 5 s) - end LSN "
+                        "of the last transaction applied", ["site"], registry=r),
         site_stopped=Gauge("tributary_sink_site_stopped",
                            "1 when the site's stream is stopped by an error (see the log)",
                            ["site"], registry=r),

@@ -23,7 +23,7 @@ from cdc.config import Config
 from cdc.errors import ConnectionLost, DeliveryError, ReplicationError
 from cdc.event_builder import EventBuilder, SiteIdentity
 from cdc.health import Health
-from cdc.lsn import format_lsn
+from cdc.lsn import format_lsn, parse_lsn
 from cdc.metrics import source_metrics
 from cdc.retry import run_with_backoff
 from cdc.pgoutput import Commit, Message, decode_frame, decode_message
@@ -82,6 +82,7 @@ class Source:
         self.metrics = source_metrics(self.site.id)
         self.health = Health()
         self._over_limit_logged = -1e9
+        self._server_lsn = 0  # the site's WAL position at the last slot query
 
     def run(self) -> None:
         """Sessions with exponential backoff on transient failures, until stopped."""
@@ -92,11 +93,12 @@ class Source:
         site, m = self.site, self.metrics
         row = conn.execute(
             "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint,"
-            " (pg_current_wal_lsn() - restart_lsn)::bigint, wal_status"
+            " (pg_current_wal_lsn() - restart_lsn)::bigint, wal_status, pg_current_wal_lsn()::text"
             " FROM pg_replication_slots WHERE slot_name = %s", (site.slot_name,)).fetchone()
         if row is None:
             return
         lag, retained, wal_status = int(row[0] or 0), int(row[1] or 0), row[2]
+        self._server_lsn = parse_lsn(row[3])
         m.wal_lag_bytes.labels(site.id).set(lag)
         m.retained_wal_bytes.labels(site.id).set(retained)
         over = retained > site.max_retained_wal_bytes
@@ -367,6 +369,8 @@ class Source:
                 if now - last_slot >= 5.0:
                     last_slot = now
                     self._observe_slot(conn)
+                    if not builder.in_transaction:  # the cloud's lag in bytes
+                        produce(*builder.position(self._server_lsn, time.time_ns() // 1000))
             if now - last_refresh >= refresh:
                 last_refresh = now
                 self._refresh_tables(conn, snapshots)

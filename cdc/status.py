@@ -29,6 +29,7 @@ class SiteLine:
     last_commit_lsn: str | None
     last_commit_time: str | None
     lag_seconds: float | None
+    lag_bytes: int | None  # the site's last reported WAL position - end of the last applied tx
     lag_records: int | None  # records on the site's topic after what the cloud applied
     error: str | None
 
@@ -38,8 +39,9 @@ def cloud_status(config: Config, now: datetime | None = None) -> list[SiteLine]:
     now = now or datetime.now(timezone.utc)
     with psycopg.connect(sink.dsn) as conn:
         try:
-            sites = conn.execute("SELECT site_id, commit_lsn::text, commit_ts FROM"
-                                 " tributary.sites ORDER BY site_id").fetchall()
+            sites = conn.execute(
+                "SELECT site_id, commit_lsn::text, commit_ts, greatest(site_lsn - end_lsn, 0)"
+                " FROM tributary.sites ORDER BY site_id").fetchall()
             offsets = {(r[0], r[1]): r[2] for r in conn.execute(
                 "SELECT topic, kafka_partition, next_offset FROM tributary.offsets WHERE"
                 " group_id = %s", (sink.group_id,)).fetchall()}
@@ -49,7 +51,7 @@ def cloud_status(config: Config, now: datetime | None = None) -> list[SiteLine]:
         errors = _site_errors(conn)
     ends = _topic_ends(config, [kafka.site_topic(s[0]) for s in sites])
     lines = []
-    for site, lsn, ts in sites:
+    for site, lsn, ts, lag_bytes in sites:
         topic = kafka.site_topic(site)
         lag_s = max(0.0, (now - ts).total_seconds())
         end = ends.get(topic)
@@ -58,10 +60,11 @@ def cloud_status(config: Config, now: datetime | None = None) -> list[SiteLine]:
         error = errors.get(site)
         state = "stopped" if error else ("lagging" if lag_s > LAGGING_S else "applying")
         lines.append(SiteLine(site, state, lsn, ts.astimezone(timezone.utc).isoformat(),
-                              round(lag_s, 1), lag_records, error))
+                              round(lag_s, 1), None if lag_bytes is None else int(lag_bytes),
+                              lag_records, error))
     for site, error in errors.items():  # stopped before anything of it was applied
         if site not in {line.site for line in lines}:
-            lines.append(SiteLine(site, "stopped", None, None, None, None, error))
+            lines.append(SiteLine(site, "stopped", None, None, None, None, None, error))
     return lines
 
 
@@ -145,12 +148,13 @@ def render_cloud(lines: list[SiteLine], as_json: bool) -> str:
     if not lines:
         return "no site has been applied in this cloud yet"
     head = f"{'SITE':<16} {'STATE':<9} {'LAST COMMIT LSN':<16} {'LAST COMMIT (UTC)':<26} " \
-           f"{'LAG S':>8} {'LAG RECORDS':>11}  ERROR"
+           f"{'LAG S':>8} {'LAG BYTES':>12} {'LAG RECORDS':>11}  ERROR"
     rows = [head]
     for x in lines:
         rows.append(f"{x.site:<16} {x.state:<9} {x.last_commit_lsn or '-':<16} "
                     f"{(x.last_commit_time or '-')[:26]:<26} "
                     f"{'-' if x.lag_seconds is None else x.lag_seconds:>8} "
+                    f"{'-' if x.lag_bytes is None else x.lag_bytes:>12} "
                     f"{'-' if x.lag_records is None else x.lag_records:>11}  {x.error or ''}")
     return "\n".join(rows)
 

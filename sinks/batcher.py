@@ -70,6 +70,7 @@ class SiteStream:
         self.next_offset: int | None = None  # offset to resume from after the last boundary
         self.skipped = 0  # transactions skipped as already applied
         self.done_commit_ts: list[int] = []  # site commit times (us) of the done transactions
+        self.site_lsn: int | None = None  # the site server's WAL position (Position records)
 
     @property
     def last_tx(self) -> AppliedTx | None:

@@ -60,6 +60,9 @@ _DDL = [
         site_id text PRIMARY KEY, state text NOT NULL, error text,
         updated_at timestamptz NOT NULL DEFAULT now())""").format(
         sql.Identifier(META_SCHEMA, "site_status")),
+    # the site server's WAL position last reported (Position records): lag in bytes
+    sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS site_lsn pg_lsn").format(
+        sql.Identifier(META_SCHEMA, "sites")),
     # per site and cloud table: the OID of the site table (a new one: dropped and re-created)
     sql.SQL("""CREATE TABLE IF NOT EXISTS {} (
         site_id text NOT NULL, table_schema text NOT NULL, table_name text NOT NULL,
@@ -103,18 +106,21 @@ def save_offset(conn: psycopg.Connection, group_id: str, topic: str, partition: 
         sql.Identifier(META_SCHEMA, "offsets")), (group_id, topic, partition, next_offset))
 
 
-def save_site(conn: psycopg.Connection, site_id: str, tx: AppliedTx) -> None:
+def save_site(conn: psycopg.Connection, site_id: str, tx: AppliedTx,
+              site_lsn: int | None = None) -> None:
     ts = us_to_datetime(tx.commit_ts)
     conn.execute(sql.SQL(
-        "INSERT INTO {} AS s (site_id, system_id, timeline, slot, xid, commit_lsn, end_lsn, commit_ts)"
-        " VALUES (%s, %s, %s, %s, %s, %s::pg_lsn, %s::pg_lsn, %s)"
-        " ON CONFLICT (site_id) DO UPDATE SET system_id = EXCLUDED.system_id,"
+        "INSERT INTO {} AS s (site_id, system_id, timeline, slot, xid, commit_lsn, end_lsn,"
+        " commit_ts, site_lsn) VALUES (%s, %s, %s, %s, %s, %s::pg_lsn, %s::pg_lsn, %s,"
+        " %s::pg_lsn) ON CONFLICT (site_id) DO UPDATE SET system_id = EXCLUDED.system_id,"
         " timeline = EXCLUDED.timeline, slot = EXCLUDED.slot, xid = EXCLUDED.xid,"
         " commit_lsn = EXCLUDED.commit_lsn, end_lsn = EXCLUDED.end_lsn,"
-        " commit_ts = EXCLUDED.commit_ts, applied_at = clock_timestamp()").format(
+        " commit_ts = EXCLUDED.commit_ts, applied_at = clock_timestamp(),"
+        " site_lsn = coalesce(EXCLUDED.site_lsn, s.site_lsn)").format(
         sql.Identifier(META_SCHEMA, "sites")),
         (site_id, tx.identity.system_id, tx.identity.timeline, tx.identity.slot, tx.xid,
-         format_lsn(tx.commit_lsn), format_lsn(tx.end_lsn), ts))
+         format_lsn(tx.commit_lsn), format_lsn(tx.end_lsn), ts,
+         None if site_lsn is None else format_lsn(site_lsn)))
 
 
 def mark_stopped(dsn: str, site_id: str, error: str) -> None:

@@ -320,6 +320,9 @@ class Sink:
                     self.conn.rollback()
                     self.applier.forget()
                     self._resume_others()
+        elif kind == "position":  # the site's WAL position: lag in bytes
+            stream.site_lsn = rec["server_lsn"]
+            stream.other(offset)
         elif kind == "commit":
             stream.commit(rec, offset)
             if stream.open is None and self.big == key:
@@ -411,7 +414,8 @@ class Sink:
                     except SITE_ERRORS as exc:  # this site's data: stop the site, not the sink
                         raise _SiteFailed(part, exc) from exc
                 if part.tx is not None:
-                    progress_store.save_site(conn, part.stream.site_id, part.tx)
+                    progress_store.save_site(conn, part.stream.site_id, part.tx,
+                                             part.stream.site_lsn)
                     if part.replaying:
                         progress_store.finish_replay(conn, part.stream.site_id, part.tx.commit_lsn)
                 if part.next_offset is not None:
@@ -452,6 +456,9 @@ class Sink:
                     stats.last_commit_ts[site] = part.tx.commit_ts
                     stats.transactions += 1
                     m.last_applied_lsn.labels(site).set(part.tx.commit_lsn)
+                    if part.stream.site_lsn is not None:
+                        m.lag_bytes.labels(site).set(
+                            max(0, part.stream.site_lsn - part.tx.end_lsn))
                     m.last_applied_commit_ts.labels(site).set(part.tx.commit_ts / 1e6)
                     m.lag_seconds.labels(site).set(max(0.0, time.time() - part.tx.commit_ts / 1e6))
                 if part.replaying and part.stream.replay_until is None:

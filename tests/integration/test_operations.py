@@ -82,6 +82,7 @@ def test_metrics_health_and_the_lag_of_an_idle_site(
     assert (metric(src, "tributary_source_seconds_since_last_commit", site="a") or 99) < 5
     assert count(a, "SELECT confirmed_flush_lsn - '0/0' FROM pg_replication_slots") > lsn
     assert (metric(src, "tributary_source_wal_lag_bytes", site="a") or 0) >= 0
+    assert metric(snk, "tributary_sink_lag_bytes", site="a") is not None
 
     # the retained-WAL alarm (the limit is 1 byte here)
     wait_until(lambda: metric(src, "tributary_source_slot_over_limit", site="a") == 1, TIMEOUT,
@@ -144,6 +145,8 @@ def test_status_and_replay_repair_a_damaged_table(
     lines = {x["site"]: x for x in json.loads(out)}
     assert set(lines) == {"a", "b"} and all(x["state"] == "applying" for x in lines.values())
     assert all(x["lag_records"] == 0 and x["lag_seconds"] < 60 for x in lines.values()), lines
+    assert all(isinstance(x["lag_bytes"], int) and 0 <= x["lag_bytes"] < 16 * 1024**2
+               for x in lines.values()), lines  # from the sites' Position records
     code, out, err = cdc("status", "--config", str(p.sources["a"].config))
     assert code == 0 and "active" in out and "wal_status reserved" in out, (out, err)
 
