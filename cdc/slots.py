@@ -224,7 +224,9 @@ def slot_state(conn: psycopg.Connection, slot: str) -> SlotState | None:
         raise ReplicationError(
             f"slot {slot} was invalidated (wal_status lost: the WAL it needed was removed, see "
             "max_slot_wal_keep_size); changes were lost at the site. Drop the slot "
-            f"(SELECT pg_drop_replication_slot('{slot}')) and start the site again from a snapshot")
+            f"(SELECT pg_drop_replication_slot('{slot}')) and start the source again: it creates "
+            "a new slot and copies the site anew (rows deleted meanwhile stay in the cloud: run "
+            "cdc sink remove-site first for an exact copy, or cdc verify after)")
     return SlotState(slot, parse_lsn(confirmed) if confirmed else 0,
                      parse_lsn(restart) if restart else 0, wal_status)
 

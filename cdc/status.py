@@ -172,8 +172,9 @@ def render_site(line: SlotLine, as_json: bool) -> str:
            f"{' (OVER the limit of %d)' % line.retained_limit_bytes if over else ''}"
            f"{'' if line.safe_wal_size is None else f', {line.safe_wal_size} bytes before invalidation'}"]
     if line.wal_status == "lost":
-        out.append("  the slot was invalidated: drop it and start the source again to copy the "
-                   "site anew (docs/operations.md, 'Slot WAL growth')")
+        out.append(f"  the slot was invalidated: changes were lost; drop it (SELECT "
+                   f"pg_drop_replication_slot('{line.slot}')) and start the source again to "
+                   "copy the site anew (docs/operations.md, 'Slot WAL growth')")
     for snap in line.snapshots:
         out.append(f"  snapshot {snap['table']}: {snap['mode']} {snap['state']}, "
                    f"{snap['rows']} rows copied")

@@ -211,3 +211,35 @@ def test_a_cloud_restored_from_an_earlier_dump_catches_up_by_itself(
     p.sync("a")
     p.assert_equal("a")
     p.stop()
+
+
+def test_an_invalidated_slot_stops_the_source_with_what_to_do(
+        pipeline_factory: Callable[..., Pipeline]) -> None:
+    p = pipeline_factory(sites=("a",))
+    a = p.site_dsn["a"]
+    p.start()
+    p.seed(*SEED)
+    assert p.sources["a"].stop() == 0
+    slot = count(a, "SELECT count(*) FROM pg_replication_slots")  # one slot: this test's
+    assert slot == 1
+    try:  # the site caps slot WAL; changes go on while the source is away, then a checkpoint
+        execute(a, "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'", "SELECT pg_reload_conf()")
+        for i in range(4):
+            execute(a, f"UPDATE devices SET firmware = 'gap {i}'", "SELECT pg_switch_wal()")
+        execute(a, "CHECKPOINT")
+        wait_until(lambda: count(a, "SELECT count(*) FROM pg_replication_slots"
+                                    " WHERE wal_status = 'lost'") == 1, TIMEOUT, "invalidation")
+    finally:
+        execute(a, "ALTER SYSTEM RESET max_slot_wal_keep_size", "SELECT pg_reload_conf()")
+    p.sources["a"].start()
+    wait_until(lambda: not p.sources["a"].alive(), TIMEOUT, "the source to stop")
+    assert p.sources["a"].proc is not None and p.sources["a"].proc.returncode == 1
+    assert "was invalidated" in p.sources["a"].log()
+    code, out, _ = cdc("status", "--config", str(p.sources["a"].config))
+    assert code == 1 and "wal_status lost" in out and "copy the site anew" in out, out
+    # what the message says: drop the slot, start again -> a new slot and a fresh copy
+    execute(a, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots")
+    p.sources["a"].start()
+    p.sync("a")
+    p.assert_equal("a")
+    p.stop()
