@@ -57,6 +57,9 @@ def test_metrics_health_and_the_lag_of_an_idle_site(
                                                   "max_retained_wal_bytes = 1")
     src = serve_metrics(p.sources["a"].config)
     snk = serve_metrics(p.sink.config)
+    for config in (p.sources["a"].config, p.sink.config):  # trust auth: accepted, ignored
+        config.write_text(re.sub(r'dsn = "([^"]*)"', r'dsn = "\1 password=hunter2-secret"',
+                                 config.read_text()))
     p.start()
     p.seed(*SEED)
     a = p.site_dsn["a"]
@@ -90,6 +93,9 @@ def test_metrics_health_and_the_lag_of_an_idle_site(
     assert (metric(src, "tributary_source_slot_retained_wal_bytes", site="a") or 0) > 1
     assert "retains more WAL than site.max_retained_wal_bytes" in p.sources["a"].log()
     assert p.sources["a"].stop() == 0 and p.sink.stop() == 0
+    for daemon in (p.sources["a"], p.sink):  # logs never carry a password
+        text = daemon.log_path.read_text()
+        assert "starting" in text and "hunter2" not in text, daemon.name
     p.stop()
 
 

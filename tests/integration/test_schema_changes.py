@@ -74,6 +74,14 @@ def test_incompatible_type_change_stops_that_site_and_the_others_flow(
         rows_of(a, "public.devices", ["id", "name", "firmware"])
     # nothing of site b after the refused change was applied, nothing before it was lost
     assert rows_of(p.cloud_dsn, "public.devices", ["id", "name", "firmware"], where_site="b") == before
+    # cdc status shows it: site b stopped with the reason, site a applying; exit 1
+    import json
+
+    from tests.integration.test_operations import cdc
+    code, out, err = cdc("status", "--config", str(p.sink.config), "--json")
+    lines = {x["site"]: x for x in json.loads(out)}
+    assert code == 1 and lines["a"]["state"] == "applying", (out, err)
+    assert lines["b"]["state"] == "stopped" and "firmware" in lines["b"]["error"], lines["b"]
     p.stop()
 
 
