@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import queue
+from collections import Counter
 import threading
 import time
 from dataclasses import dataclass, field
@@ -393,11 +394,9 @@ class Sink:
             commit_ts = stream.done_commit_ts
             replaying = stream.replay_until is not None or stream.had_replay
             changes, tx, offset = stream.take_done()
-            ops: dict[str, int] = {}
-            for change in changes:
-                ops[change.op] = ops.get(change.op, 0) + 1
             batch.append(_Part(topic, partition, stream, plan(changes), len(changes), tx, offset,
-                               ops=ops, commit_ts=commit_ts, replaying=replaying))
+                               ops=Counter(c.op for c in changes), commit_ts=commit_ts,
+                               replaying=replaying))
         if batch:
             self.worker.submit(batch)
         self._collect()
@@ -539,7 +538,8 @@ class Sink:
         if changes:
             topic, partition = next(k for k, s in self.streams.items() if s is stream)
             self.worker.submit([_Part(topic, partition, stream, plan(changes), len(changes),
-                                      None, None, final=False)])
+                                      None, None, final=False,
+                                      ops=Counter(c.op for c in changes))])
         self._collect()
 
     def _finish_big(self, key: tuple[str, int], stream: SiteStream) -> None:

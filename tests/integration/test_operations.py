@@ -249,3 +249,24 @@ def test_an_invalidated_slot_stops_the_source_with_what_to_do(
     p.sync("a")
     p.assert_equal("a")
     p.stop()
+
+
+def test_sigterm_during_start_up_exits_0_and_the_next_start_is_whole(
+        pipeline_factory: Callable[..., Pipeline]) -> None:
+    p = pipeline_factory(sites=("a",))
+    a = p.site_dsn["a"]
+    execute(a, *SEED)
+    # from just after the interpreter's start (the handler is set before the heavy imports; a
+    # SIGTERM before Python runs at all ends it by the default action) to the slot and topic set up
+    for delay in (0.6, 1.2, 2.5):
+        p.sources["a"].start()
+        p.sink.start()
+        time.sleep(delay)
+        started = time.monotonic()
+        assert p.sources["a"].stop(timeout=30) == 0
+        assert p.sink.stop(timeout=30) == 0
+        assert time.monotonic() - started < 30
+    p.start()
+    p.sync("a")
+    p.assert_equal("a")
+    p.stop()
