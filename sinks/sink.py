@@ -46,6 +46,7 @@ TRANSIENT = (ConnectionLost, psycopg.OperationalError, KafkaException)
 #: what one site's data can cause: that site stops, the others go on
 SITE_ERRORS = (ApplyError, SchemaError, DecodeError)
 PROGRESS_LOG_S = 30.0
+CONSUME_BATCH = 2000  # records asked of the consumer per loop turn
 
 
 @dataclass
@@ -126,6 +127,10 @@ class _ApplyWorker(threading.Thread):
     def check(self) -> None:
         if self.error is not None:
             raise self.error
+
+    def idle(self) -> bool:
+        """No batch in hand or waiting."""
+        return self._jobs.unfinished_tasks == 0
 
     def submit(self, job: list[_Part]) -> None:
         self.check()
@@ -339,7 +344,7 @@ class Sink:
         beat = self.health.beat
         while not self.stop.is_set():
             beat()
-            msgs = consumer.consume(num_messages=2000, timeout=0.05)
+            msgs = consumer.consume(num_messages=CONSUME_BATCH, timeout=0.05)
             for msg in msgs:
                 err = msg.error()
                 if err is not None:
@@ -362,7 +367,13 @@ class Sink:
                 continue
             pending = sum(s.pending for s in self.streams.values())
             now = time.monotonic()
-            if pending >= cfg.batch_max_changes or now - batch_started >= cfg.batch_max_ms / 1000:
+            # apply when the batch is full, when it has waited batch_max_ms, or as soon as the
+            # topics are drained (fewer records than asked for) and the worker is idle: a light
+            # load is applied at once; a backlog, or a busy worker, still makes big batches
+            drained = len(msgs) < CONSUME_BATCH and self.worker.idle() and any(
+                s.done_tx is not None for s in self.streams.values())
+            if pending >= cfg.batch_max_changes or now - batch_started >= cfg.batch_max_ms / 1000 \
+                    or drained:
                 big = next((k for k, s in self.streams.items()
                             if s.open is not None and len(s.open.changes) >= cfg.batch_max_changes),
                            None)
