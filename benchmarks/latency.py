@@ -22,11 +22,9 @@ removed, also on errors and Ctrl-C. See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -42,16 +40,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cdc.config import SinkConfig
 from benchmarks.pipeline import (
-    BenchError, Child, child_env, git_describe, process_cpu_s, say, tree_cpu_s, vm_hwm_mb,
-    wait_until,
+    BenchError, Child, child_env, git_describe, process_cpu_s, run_bench, say, tree_cpu_s,
+    vm_hwm_mb, wait_until,
 )
 from devenv import pipeline
 from devenv.kafka import KAFKA_VERSION, KafkaBroker, ensure_kafka
 from devenv.ports import free_port
 from devenv.postgres import PgCluster, ensure_postgres_installed
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO / "bench-results"
 
 DATABASE = "bench"
 TOPIC_PREFIX = "lat"
@@ -546,38 +542,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _raise_interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupt)
-    bench = LatencyBench(args)
-    try:
-        results = bench.run()
-    except KeyboardInterrupt:
-        print("\nbench: interrupted; cleaning up", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"bench: FAILED: {exc}", file=sys.stderr)
-        bench.server_log_tails()
-        if not args.keep:
-            print("bench: the temp dir is removed; run again with --keep to inspect the logs",
-                  file=sys.stderr)
-        return 1
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)  # let the cleanup finish
-        bench.cleanup()
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"latency-{bench.stamp}.json"
-    path.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    print()
-    print(render(results))
-    print(f"\nfigures written to {path.relative_to(REPO)}")
-    return 0
+    return run_bench(parse_args(argv), LatencyBench, "latency", render)
 
 
 if __name__ == "__main__":

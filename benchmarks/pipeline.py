@@ -908,9 +908,17 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return run_bench(args, Bench, "pipeline", render)
+
+
+def run_bench(args: argparse.Namespace, make: Callable[[argparse.Namespace], Any], name: str,
+              render_results: Callable[[dict[str, Any]], str]) -> int:
+    """Run a benchmark object (``run``, ``cleanup``, ``server_log_tails``, ``stamp``): signals
+    turned into a clean stop, servers stopped also on errors, figures printed and written to
+    ``bench-results/<name>-<stamp>.json``."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupt)
-    bench = Bench(args)
+    bench = make(args)
     try:
         results = bench.run()
     except KeyboardInterrupt:
@@ -928,10 +936,10 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, signal.SIG_IGN)  # let the cleanup finish
         bench.cleanup()
     RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"pipeline-{bench.stamp}.json"
+    path = RESULTS_DIR / f"{name}-{bench.stamp}.json"
     path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     print()
-    print(render(results))
+    print(render_results(results))
     print(f"\nfigures written to {path.relative_to(REPO)}")
     return 0
 

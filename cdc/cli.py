@@ -72,19 +72,26 @@ def _construct(factory: Callable[[], Any]) -> Any:
         sys.exit(2)
 
 
-def _serve(config: Config, registry: Any, health: Any,
-           on_scrape: Callable[[], None] | None = None) -> Any:
-    """Start /metrics, /healthz and /readyz when metrics.port is set."""
-    if config.metrics.port is None:
-        return None
-    from cdc.health import MetricsServer
+def _serve_and_run(name: str, config: Config, factory: Callable[[], Any]) -> None:
+    """Build the daemon, serve its /metrics, /healthz and /readyz when metrics.port is set,
+    run it until stopped."""
+    daemon = _construct(factory)
+    server = None
+    if config.metrics.port is not None:
+        from cdc.health import MetricsServer
+        try:
+            server = MetricsServer(config.metrics.host, config.metrics.port,
+                                   daemon.metrics.registry, daemon.health,
+                                   getattr(daemon, "refresh_metrics", None)).start()
+        except OSError as exc:
+            click.echo(f"cdc: config error: {config.path}: metrics.port {config.metrics.port} "
+                       f"on {config.metrics.host}: {exc.strerror or exc}", err=True)
+            sys.exit(2)
     try:
-        return MetricsServer(config.metrics.host, config.metrics.port, registry, health,
-                             on_scrape).start()
-    except OSError as exc:
-        click.echo(f"cdc: config error: {config.path}: metrics.port {config.metrics.port} on "
-                   f"{config.metrics.host}: {exc.strerror or exc}", err=True)
-        sys.exit(2)
+        _run_daemon(name, daemon.run)
+    finally:
+        if server is not None:
+            server.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -280,13 +287,7 @@ def source_run(config_path: str, log_format: str | None) -> None:
     stop = _stop_on_signals()
     from cdc.source import Source
     log.info("source starting", extra={"site": repr(config.site), "kafka": repr(config.kafka)})
-    daemon = _construct(lambda: Source(config, stop))
-    server = _serve(config, daemon.metrics.registry, daemon.health)
-    try:
-        _run_daemon("source", daemon.run)
-    finally:
-        if server is not None:
-            server.close()
+    _serve_and_run("source", config, lambda: Source(config, stop))
 
 
 @source.command("snapshot")
@@ -340,13 +341,7 @@ def sink_run(config_path: str, log_format: str | None) -> None:
     stop = _stop_on_signals()
     from sinks.sink import Sink
     log.info("sink starting", extra={"sink": repr(config.sink), "kafka": repr(config.kafka)})
-    daemon = _construct(lambda: Sink(config, stop))
-    server = _serve(config, daemon.metrics.registry, daemon.health, daemon.refresh_metrics)
-    try:
-        _run_daemon("sink", daemon.run)
-    finally:
-        if server is not None:
-            server.close()
+    _serve_and_run("sink", config, lambda: Sink(config, stop))
 
 
 @sink.command("remove-site")
