@@ -185,6 +185,7 @@ class Source:
     def session(self) -> None:
         site, kafka = self.site, self.config.kafka
         self.stats.sessions += 1
+        self.health.beat()  # a new attempt: alive, even while a server stays away (backoff)
         try:
             conn = psycopg.connect(pinned_conninfo(site.dsn), autocommit=True)
         except psycopg.OperationalError as exc:

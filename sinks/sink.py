@@ -190,6 +190,7 @@ class Sink:
 
     def session(self) -> None:
         cfg = self.cfg
+        self.health.beat()  # a new attempt: alive, even while a server stays away (backoff)
         try:
             conn = psycopg.connect(pinned_conninfo(cfg.dsn), autocommit=True)
         except psycopg.OperationalError as exc:
