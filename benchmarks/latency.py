@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -40,7 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cdc.config import SinkConfig
 from benchmarks.pipeline import (
-    BenchError, Child, child_env, git_describe, process_cpu_s, run_bench, say, tree_cpu_s,
+    BenchBase, BenchError, Child, git_describe, process_cpu_s, run_bench, say, tree_cpu_s,
     vm_hwm_mb, wait_until,
 )
 from devenv import pipeline
@@ -200,13 +198,9 @@ class Writer(threading.Thread):
 
 # ------------------------------------------------------------------------------------ the run
 
-class LatencyBench:
+class LatencyBench(BenchBase):
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.tmp = Path(tempfile.mkdtemp(prefix="tributary-latency-"))
-        self.children: list[Child] = []
-        self.servers: list[PgCluster | KafkaBroker] = []
+        super().__init__(args, "tributary-latency-")
         self.stop_writers = threading.Event()
         self.writers: list[Writer] = []
         self.site_ids = [f"site{i + 1}" for i in range(args.sites)]
@@ -217,10 +211,7 @@ class LatencyBench:
 
     # -- plumbing -----------------------------------------------------------------------------
     def daemon(self, kind: str, name: str, config: Path) -> Child:
-        c = Child(name, [sys.executable, "-m", "cdc.cli", kind, "run", "--config", str(config)],
-                  self.tmp / f"{name}.log", child_env())
-        self.children.append(c)
-        return c.start()
+        return super().daemon(kind, name, config).start()
 
     def check_daemons(self) -> None:
         for c in self.children:
@@ -232,27 +223,7 @@ class LatencyBench:
         self.stop_writers.set()
         for w in self.writers:
             w.join(10)
-        for c in reversed(self.children):
-            try:
-                c.stop(30)
-            except Exception as exc:  # noqa: BLE001 - keep cleaning up
-                print(f"bench: stopping {c.name} failed: {exc}", file=sys.stderr)
-        for s in reversed(self.servers):
-            try:
-                s.stop()
-            except Exception as exc:  # noqa: BLE001
-                print(f"bench: stopping {s!r} failed: {exc}", file=sys.stderr)
-        if self.args.keep:
-            print(f"bench: kept {self.tmp} (--keep)", file=sys.stderr)
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def server_log_tails(self) -> None:
-        for s in self.servers:
-            log = getattr(s, "log_file", None)
-            if log is not None and Path(log).is_file():
-                lines = Path(log).read_text(errors="replace").splitlines()[-15:]
-                print(f"--- {log} (last lines)\n" + "\n".join(lines), file=sys.stderr)
+        super().cleanup()
 
     # -- setup --------------------------------------------------------------------------------
     def start_servers(self) -> None:

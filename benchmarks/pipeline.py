@@ -354,21 +354,17 @@ def finish_profiler(spy: Child | None) -> dict[str, Any] | None:
 
 # ------------------------------------------------------------------------------------ the run
 
-class Bench:
-    def __init__(self, args: argparse.Namespace) -> None:
+class BenchBase:
+    """What every benchmark holds: its temp dir, the child processes and servers it started,
+    and their cleanup (also on errors and Ctrl-C, see :func:`run_bench`)."""
+
+    def __init__(self, args: argparse.Namespace, prefix: str) -> None:
         self.args = args
-        self.rows: int = args.rows
-        self.tx_size: int = args.rows if args.one_transaction else args.tx_size
-        self.timeout: float = args.timeout
         self.stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.tmp = Path(tempfile.mkdtemp(prefix="tributary-bench-"))
+        self.tmp = Path(tempfile.mkdtemp(prefix=prefix))
         self.children: list[Child] = []
         self.servers: list[PgCluster | KafkaBroker] = []
-        self.results: dict[str, Any] = {"phases": {}}
-        self.phases: dict[str, dict[str, Any]] = self.results["phases"]
-        self.profile_dir = RESULTS_DIR / f"pipeline-{self.stamp}-profile"
 
-    # -- plumbing -----------------------------------------------------------------------------
     def child(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
         c = Child(name, argv, self.tmp / f"{name}.log", env)
         self.children.append(c)
@@ -401,6 +397,17 @@ class Bench:
             if log is not None and Path(log).is_file():
                 lines = Path(log).read_text(errors="replace").splitlines()[-15:]
                 print(f"--- {log} (last lines)\n" + "\n".join(lines), file=sys.stderr)
+
+
+class Bench(BenchBase):
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args, "tributary-bench-")
+        self.rows: int = args.rows
+        self.tx_size: int = args.rows if args.one_transaction else args.tx_size
+        self.timeout: float = args.timeout
+        self.results: dict[str, Any] = {"phases": {}}
+        self.phases: dict[str, dict[str, Any]] = self.results["phases"]
+        self.profile_dir = RESULTS_DIR / f"pipeline-{self.stamp}-profile"
 
     # -- setup --------------------------------------------------------------------------------
     def start_servers(self) -> None:

@@ -404,11 +404,10 @@ class Sink:
             if stream.done_tx is None and stream.next_offset is None:
                 continue
             commit_ts = stream.done_commit_ts
-            replaying = stream.replay_until is not None or stream.had_replay
             changes, tx, offset = stream.take_done()
             batch.append(_Part(topic, partition, stream, plan(changes), len(changes), tx, offset,
                                ops=Counter(c.op for c in changes), commit_ts=commit_ts,
-                               replaying=replaying))
+                               replaying=stream.had_replay))
         if batch:
             self.worker.submit(batch)
         self._collect()
