@@ -20,7 +20,7 @@ from cdc.pgoutput import UNCHANGED_TOAST
 from cdc.values import (KIND_BOOLEAN, KIND_BYTES, KIND_DATE, KIND_DOUBLE, KIND_FLOAT, KIND_INT,
                         KIND_LONG, KIND_STRING, KIND_TIME, KIND_TIMESTAMP, KIND_TIMESTAMPTZ,
                         KIND_UUID, beyond_timestamp_micros, bytea_value, converter, date_days, decimal_bytes, decimal_params,
-                        decimal_unscaled, has_special, time_micros, timestamp_micros)
+                        decimal_unscaled, float4, has_special, time_micros, timestamp_micros)
 
 _SMALL = [bytes([i]) for i in range(128)]
 _DOUBLE = struct.Struct("<d").pack
@@ -64,7 +64,7 @@ _INLINE = {
     KIND_INT: "e{i} = zigzag(int(v{i}))",
     KIND_LONG: "e{i} = zigzag(int(v{i}))",
     KIND_DOUBLE: "e{i} = _DOUBLE(float(v{i}))",
-    KIND_FLOAT: "e{i} = _FLOAT(float(v{i}))",
+    KIND_FLOAT: "e{i} = _FLOAT(_float4(v{i}))",
     KIND_BOOLEAN: "e{i} = b'\\x01' if v{i} == b't' else b'\\x00'",
     KIND_BYTES: "e{i} = string(_bytea(v{i}))",
     KIND_DATE: "e{i} = zigzag(_date(v{i}))",
@@ -145,7 +145,7 @@ class RowEncoder:
         # a value its type's text form cannot be (a conversion error) is named with its column
         lines = lines[:1] + ["    try:"] + ["    " + line for line in lines[1:]] + [
             "    except (ValueError, OverflowError) as exc:", "        _bad_value(values, exc)"]
-        scope = {"_SMALL": _SMALL, "zigzag": zigzag, "_DOUBLE": _DOUBLE, "_FLOAT": _FLOAT,
+        scope = {"_SMALL": _SMALL, "zigzag": zigzag, "_DOUBLE": _DOUBLE, "_FLOAT": _FLOAT, "_float4": float4,
                  "string": string, "_bytea": bytea_value, "_date": date_days, "_time": time_micros,
                  "_timestamp": timestamp_micros, "_decimal_bytes": decimal_bytes,
                  "_unscaled": decimal_unscaled, "_SPECIAL": (b"N", b"y"),

@@ -11,10 +11,13 @@ named through a lookup passed in by the caller, which reads the catalog beside t
 
 from __future__ import annotations
 
+import math
 import re
+import struct
 from binascii import unhexlify
 from dataclasses import dataclass
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any, Callable
 
 from cdc.errors import TypeMappingError
@@ -181,6 +184,39 @@ def is_special(raw: bytes) -> bool:
 LONG_MAX = 2 ** 63 - 1
 
 
+_INF = math.inf
+_F32 = struct.Struct("<f")
+_U32 = struct.Struct("<I")
+
+
+def float4(raw: bytes | str) -> float:
+    """A float4's text -> its value (a Python float equal to the float4), rounded ONCE.
+
+    ``float()`` rounds the decimal text to a double, and narrowing that to float4 rounds again:
+    when the double lands exactly halfway between two float4 values the second rounding can
+    pick the wrong one (``7.038531e-26`` became another float4). PostgreSQL's ``float4in``
+    rounds the text straight to float4 (``strtof``); so does this: the double is used as is
+    unless it is such a halfway point, and then the exact decimal value decides.
+    """
+    d = float(raw)
+    f = _F32.unpack(_F32.pack(d))[0]
+    if f == d or d != d or f in (_INF, -_INF):
+        return f
+    bits = _U32.unpack(_F32.pack(f))[0]
+    if f == 0.0:
+        bits = 1 if d > 0 else 0x80000001
+    else:
+        bits += 1 if (d > f) == (f > 0) else -1
+    g = _F32.unpack(_U32.pack(bits))[0]  # the float4 on the other side of d
+    if (f + g) / 2 != d:
+        return f  # d is not halfway: one rounding of the text gives the same float4
+    exact = Fraction(raw.decode() if isinstance(raw, bytes) else raw)
+    df, dg = abs(exact - Fraction(f)), abs(exact - Fraction(g))
+    if df != dg:
+        return f if df < dg else g
+    return f if _U32.unpack(_F32.pack(f))[0] % 2 == 0 else g  # a true tie: to even
+
+
 def beyond_timestamp_micros(raw: bytes) -> bool:
     """A timestamp past 294247-01-10 04:00:54.775807 UTC: PostgreSQL counts from 2000, Avro from
     1970, so its last 30 years do not fit Avro's long. Only five- and six-digit years are checked
@@ -188,9 +224,10 @@ def beyond_timestamp_micros(raw: bytes) -> bool:
     return raw[4:5] != b"-" and timestamp_micros(raw) > LONG_MAX
 
 
-#: text bytes -> Python value, per primitive kind (float() reads NaN, Infinity, -Infinity and -0).
+#: text bytes -> Python value, per primitive kind (float() reads NaN, Infinity, -Infinity and -0;
+#: float4 rounds the text once, as PostgreSQL does).
 CONVERTERS: dict[str, Callable[[bytes], Any]] = {
-    KIND_BOOLEAN: _bool, KIND_INT: int, KIND_LONG: int, KIND_FLOAT: float, KIND_DOUBLE: float,
+    KIND_BOOLEAN: _bool, KIND_INT: int, KIND_LONG: int, KIND_FLOAT: float4, KIND_DOUBLE: float,
     KIND_STRING: _text, KIND_BYTES: bytea_value, KIND_UUID: _text, KIND_DATE: date_days,
     KIND_TIME: time_micros, KIND_TIMESTAMP: timestamp_micros, KIND_TIMESTAMPTZ: timestamp_micros,
 }

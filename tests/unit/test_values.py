@@ -1,7 +1,9 @@
 """Type naming by OID and typmod, and text -> value conversion."""
 
 import math
+import struct
 from datetime import datetime, timedelta
+from typing import Callable
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -10,7 +12,7 @@ from cdc.errors import TypeMappingError
 from cdc.temporal import (DAY_US, _timestamp_micros_any, days_from_civil, timestamp_micros,
                           timestamp_text)
 from cdc.values import (CONVERTERS, avro_type, builtin_type_sql, column_type, converter,
-                        decimal_unscaled, kind_of_avro_type, text_converter, value_kind)
+                        decimal_unscaled, float4, kind_of_avro_type, text_converter, value_kind)
 
 
 @pytest.mark.parametrize("oid, typmod, expected", [
@@ -120,3 +122,41 @@ def test_timestamp_text_and_back_agree_with_the_general_parser(micros: int, utc:
         iso = moment.isoformat(" ")
         iso = iso.rstrip("0") if "." in iso else iso
         assert text.decode() == iso + ("+00" if utc else "")
+
+
+# -- float4: rounded once, as PostgreSQL's float4in (strtof) does ---------------------------------
+def _strtof() -> Callable[[bytes], float]:
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.strtof.restype, libc.strtof.argtypes = ctypes.c_float, [ctypes.c_char_p, ctypes.c_void_p]
+    return lambda text: libc.strtof(text, None)
+
+
+def _shortest_f4_text(f: float, strtof: Callable[[bytes], float]) -> bytes:
+    """What PostgreSQL prints for a float4: the fewest digits that read back as it."""
+    for digits in range(1, 10):
+        text = b"%.*g" % (digits, f)
+        if strtof(text) == f:
+            return text
+    raise AssertionError(f)
+
+
+def test_float4_text_is_rounded_once_like_postgresql() -> None:
+    strtof = _strtof()
+    for text in [b"7038531e-32", b"7.038531e-26", b"82381273e-35", b"8.238127e-28",
+                 b"1.17549435e-38", b"1.1754944e-38", b"1e-45", b"3.4028235e+38", b"-0"]:
+        assert float4(text) == strtof(text) and str(float4(text)) == str(strtof(text)), text
+
+
+@settings(max_examples=3000, deadline=None)
+@given(bits=st.integers(0, 2 ** 32 - 1))
+def test_float4_reads_back_every_bit_pattern(bits: int) -> None:
+    f = struct.unpack("<f", struct.pack("<I", bits))[0]
+    if f != f:
+        assert float4(b"NaN") != float4(b"NaN")
+        return
+    text = b"Infinity" if f == math.inf else b"-Infinity" if f == -math.inf else \
+        _shortest_f4_text(f, _strtof())
+    assert struct.pack("<f", float4(text)) == struct.pack("<f", f), text
