@@ -43,5 +43,11 @@ class ProgressError(TributaryError):
     """The sink's recorded progress contradicts the stream (LSNs going backwards for one identity)."""
 
 
+class Fenced(TributaryError):
+    """Another sink replica applied to a partition since this one read it (this one was frozen
+    past its session timeout, or lost the partition): the cloud transaction is rolled back and
+    the sink joins its group again, resuming from what the cloud holds."""
+
+
 class ConnectionLost(TributaryError):
     """A server (site, cloud or Kafka) went away or cannot be reached yet: retried with backoff."""

@@ -222,7 +222,7 @@ class EventBuilder:
             before, old_key = codec.rows.row_key(old, None)
             old_key = codec.key_prefix + BRANCH1 + old_key
         records: list[Record] = [(key, self._envelope(codec, before, after, "u", toast))]
-        if old_key is not None and old_key != key:
+        if old_key is not None and old_key != key and not codec.info.nullable_key:
             records.append((old_key, None))  # the old identity is gone: compaction forgets it
         return records
 
@@ -230,6 +230,8 @@ class EventBuilder:
         codec = self._checked_codec(msg.relation_oid, msg.old)
         before, key = codec.rows.row_key(msg.old, None)
         key = codec.key_prefix + BRANCH1 + key
+        if codec.info.nullable_key:  # a keyless table: an equal row may remain under this key
+            return [(key, self._envelope(codec, before, None, "d"))]
         return [(key, self._envelope(codec, before, None, "d")), (key, None)]
 
     def snapshot_row(self, oid: int, values: tuple) -> list[Record]:

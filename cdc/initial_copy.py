@@ -14,11 +14,18 @@ the stream, and skips the chunks again on a replay (a chunk may repeat; it never
 stream transaction). Tables are copied referenced-first, so cloud foreign keys hold at each
 chunk's commit.
 
+A copy that starts over begins with one pseudo-transaction that removes the site's rows of every
+copied table from the cloud (``t`` events, referencing tables first): what the first attempt
+copied may have changed at the site since, and no stream between the two brings that.
+
 Progress is ``tributary.snapshot_progress`` at the site (mode ``initial``), written when Kafka has
 acknowledged a chunk. After a crash or a stop the copy continues after the last recorded key;
 the exported snapshot died with its connection, so the rest is read as the site is then, and the
 stream, which still starts at the consistent point, brings those rows back to the site's state
-as it replays (the cloud may be ahead of the stream for a while; it ends equal).
+as it replays (the cloud may be ahead of the stream for a while; it ends equal). That holds for
+tables with a key only: replaying an INSERT over a newer copy of a table without a key would
+add its row twice. So a copy that would resume while such a table is not yet copied starts over
+instead (:func:`must_start_over`): a new slot, a new exported snapshot, the reset first.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import psycopg
 from psycopg import sql
 
 from cdc.errors import DeliveryError, SchemaError
-from cdc.pgoutput import Begin, Commit
+from cdc.pgoutput import Begin, Commit, Truncate
 from cdc.pgsession import pinned_conninfo
 from cdc.snapshot import (
     PROGRESS_TABLE, TableKey, describe_table, ensure_progress_table, key_params, key_tuple,
@@ -80,6 +87,23 @@ def plan(conn: psycopg.Connection, slot: str, tables: list[tuple[str, str]]) -> 
                 "INSERT INTO {} (slot, table_schema, table_name, mode, position)"
                 " VALUES (%s, %s, %s, 'initial', %s)").format(PROGRESS_TABLE),
                 (slot, schema, table, position))
+
+
+def must_start_over(conn: psycopg.Connection, slot: str) -> list[str]:
+    """The tables without a key that a resumed initial copy would still read (see the module
+    docstring): any makes the copy start over."""
+    ensure_progress_table(conn)
+    rows = conn.execute(sql.SQL(
+        "SELECT table_schema, table_name FROM {} WHERE slot = %s AND mode = 'initial' AND"
+        " state IN ('pending', 'running')").format(PROGRESS_TABLE), (slot,)).fetchall()
+    keyless = []
+    for schema, table in rows:
+        try:
+            if describe_table(conn, schema, table).keyless:
+                keyless.append(f"{schema}.{table}")
+        except SchemaError:
+            continue  # gone: nothing to copy
+    return keyless
 
 
 def open_snapshot(dsn: str, snapshot_name: str | None) -> psycopg.Connection:
@@ -133,10 +157,14 @@ class InitialCopy:
         return row is None or row[0] == "cancelled"
 
     def run(self, snap: psycopg.Connection, builder: Any, producer: Any, progress: Any,
-            stop: Any, on_chunk: Callable[[], None] = lambda: None) -> bool:
-        """Copy what is pending; True when all is copied and recorded, False when stopped."""
+            stop: Any, on_chunk: Callable[[], None] = lambda: None,
+            started_over: bool = False) -> bool:
+        """Copy what is pending; True when all is copied and recorded, False when stopped.
+        ``started_over``: an earlier attempt's rows are in the cloud; they go first."""
         marks: list[_Mark] = []
         try:
+            if started_over and not self._started():
+                self._reset(snap, builder, producer)
             for schema, table, after, copied in self.pending():
                 if not self._table(snap, schema, table, after, copied, builder, producer,
                                    progress, stop, marks, on_chunk):
@@ -149,6 +177,36 @@ class InitialCopy:
         finally:
             snap.rollback()
         return not stop.is_set() and not self.pending()
+
+    def _started(self) -> bool:
+        row = self.conn.execute(sql.SQL(
+            "SELECT count(*) FROM {} WHERE slot = %s AND mode = 'initial' AND (state <> 'pending'"
+            " OR rows > 0)").format(PROGRESS_TABLE), (self.slot,)).fetchone()
+        return bool(row and row[0])
+
+    def _reset(self, snap: psycopg.Connection, builder: Any, producer: Any) -> None:
+        """The first pseudo-transaction: the site's rows of every planned table leave the cloud
+        (tables that reference others first, so cloud foreign keys hold)."""
+        oids = []
+        for schema, table, _, _ in reversed(self.pending()):
+            try:
+                key = describe_table(snap, schema, table)
+            except SchemaError:
+                continue
+            if self._before_describe is not None:
+                self._before_describe(key)
+            builder.handle(key.relation)
+            oids.append(key.oid)
+        if not oids:
+            return
+        ts = now_pg_us()
+        records = builder.handle(Begin(self.lsn, ts, SNAPSHOT_XID))
+        records += builder.handle(Truncate(tuple(oids), False, False))
+        records += builder.handle(Commit(0, self.lsn, self.lsn, ts))
+        for k, v in records:
+            producer.produce(k, v)
+        log.info("initial copy: the site's rows of the copied tables are replaced in the cloud",
+                 extra={"slot": self.slot, "tables": len(oids)})
 
     def _table(self, snap: psycopg.Connection, schema: str, table: str, after: list[str] | None,
                copied: int, builder: Any, producer: Any, progress: Any, stop: Any,
@@ -192,7 +250,16 @@ class InitialCopy:
                 log.info("initial copy cancelled", extra={"table": name, "rows": copied})
                 return True
             cur = snap.cursor()
-            if by_offset:
+            if key.keyless:  # one pass through a cursor: equal rows need no order
+                if not copied:
+                    cur.execute("CLOSE ALL")  # one of a table cancelled midway
+                    cur.execute(sql.SQL("DECLARE tributary_copy NO SCROLL CURSOR FOR SELECT {}"
+                                        " FROM {}").format(
+                        sql.SQL(", ").join(map(sql.Identifier, key.columns)),
+                        sql.Identifier(schema, table)))
+                cur.execute(sql.SQL("FETCH {} FROM tributary_copy").format(
+                    sql.Literal(self.chunk_rows)))
+            elif by_offset:
                 cur.execute(first + sql.SQL(" OFFSET {}").format(sql.Literal(copied)))
             elif after is not None:
                 cur.execute(query, after)
@@ -229,6 +296,8 @@ class InitialCopy:
                     "rows_per_s": round(rate), "state": "done" if done else "running",
                     "last_key": after})
             if done:
+                if key.keyless:
+                    snap.execute("CLOSE tributary_copy")
                 return True
 
     def _settle(self, marks: list[_Mark], progress: Any) -> None:

@@ -56,6 +56,8 @@ class EventProducer:
             if self._error is None:
                 self._error = f"{err} (topic {msg.topic()})"
             return
+        if self._error is not None:
+            return  # delivered after a gap: not part of the unbroken acknowledged prefix
         self._progress.acked += 1  # inlined on_acked: the hot path; confirm() settles commits
 
     def produce(self, key: bytes, value: bytes | None) -> None:

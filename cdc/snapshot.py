@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 from cdc.errors import SchemaError
-from cdc.pgoutput import Column, Message, Relation
+from cdc.pgoutput import Column, Message, Relation, Truncate
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class TableKey:
     key_types: tuple[str, ...]
     columns: tuple[str, ...]
     relation: Relation
+    keyless: bool = False  # REPLICA IDENTITY FULL without a primary key: a multiset
 
     @property
     def qualified(self) -> str:
@@ -100,7 +101,8 @@ def describe_table(conn: psycopg.Connection, schema: str, table: str) -> TableKe
     types = {a[1]: a[4] for a in attrs}
     return TableKey(schema, table, oid, keys, tuple(types[k] for k in keys),
                     tuple(a[1] for a in attrs),
-                    Relation(oid, schema, table, identity, columns))
+                    Relation(oid, schema, table, identity, columns),
+                    keyless=identity == "f" and not pk)
 
 
 class Snapshots:
@@ -198,6 +200,8 @@ class Snapshots:
         result = cur.pgresult  # the raw text of each value, as pgoutput prints it
         assert result is not None
         records: list[tuple[bytes, bytes | None]] = []
+        if key.keyless:  # copied whole in one chunk: it replaces the site's rows, never adds
+            records += builder.handle(Truncate((key.oid,), False, False))
         width = len(key.columns)
         for i in range(result.ntuples):
             values = tuple(result.get_value(i, j) for j in range(width))
@@ -235,7 +239,10 @@ def _key_text(key: TableKey) -> sql.Composable:
 
 
 def nullable_key(conn: psycopg.Connection, key: TableKey) -> bool:
-    """Whether a key column may be NULL (REPLICA IDENTITY FULL without a primary key)."""
+    """Whether the table cannot be paged by its key: a key column may be NULL, or it has no key
+    (REPLICA IDENTITY FULL without a primary key), so equal rows may straddle a page's end."""
+    if key.keyless:
+        return True
     row = conn.execute("SELECT bool_or(NOT attnotnull) FROM pg_attribute WHERE attrelid = %s"
                        " AND attname = ANY(%s)", (key.oid, list(key.keys))).fetchone()
     return bool(row and row[0])

@@ -198,6 +198,15 @@ class Source:
             repl = open_replication(site.dsn)
             system = identify_system(repl)
             fresh_slot = slot_state(conn, site.slot_name) is None
+            started_over = False
+            if not fresh_slot and site.snapshot == "initial":
+                keyless = initial_copy.must_start_over(conn, site.slot_name)
+                if keyless:  # resuming would double their rows: the copy starts over
+                    log.warning("initial copy starts over: tables without a key cannot resume "
+                                "it; the slot is created again", extra={
+                                    "site": site.id, "slot": site.slot_name, "tables": keyless})
+                    conn.execute("SELECT pg_drop_replication_slot(%s)", (site.slot_name,))
+                    fresh_slot = started_over = True
             if fresh_slot and site.snapshot == "initial":
                 # the rows the site holds at the slot's consistent point, read from its snapshot
                 initial_copy.plan(conn, site.slot_name, self._usable)
@@ -254,7 +263,7 @@ class Source:
                                     extra={"site": site.id, "slot": slot.name})
                         snap = initial_copy.open_snapshot(site.dsn, None)
                     if not copy.run(snap, builder, producer, progress, self.stop,
-                                    on_chunk=self.health.beat):
+                                    on_chunk=self.health.beat, started_over=started_over):
                         log.info("stopped during the initial copy; it resumes at the next start",
                                  extra={"site": site.id})
                         return

@@ -44,7 +44,7 @@ def cloud_status(config: Config, now: datetime | None = None) -> list[SiteLine]:
                 " FROM tributary.sites ORDER BY site_id").fetchall()
             offsets = {(r[0], r[1]): r[2] for r in conn.execute(
                 "SELECT topic, kafka_partition, next_offset FROM tributary.offsets WHERE"
-                " group_id = %s", (sink.group_id,)).fetchall()}
+                " group_id = %s AND next_offset >= 0", (sink.group_id,)).fetchall()}
         except psycopg.errors.UndefinedTable:
             return []
         conn.rollback()

@@ -9,6 +9,7 @@ unchanged and whose full row is not in the same step).
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any
 
 import psycopg
@@ -16,9 +17,11 @@ from psycopg import sql
 
 from cdc.errors import ApplyError
 from sinks import copy_text, sql as q
-from sinks.batcher import Delete, Patch, Step, Truncate, Upsert
+from sinks.batcher import Append, ChangeOne, Delete, Patch, RemoveOne, Step, Truncate, Upsert
 from sinks.changes import ColumnDef
 from sinks.tables import CloudTables, Target
+
+log = logging.getLogger(__name__)
 
 
 class Applier:
@@ -63,6 +66,14 @@ class Applier:
                     self._patch(site_id, target, step)  # type: ignore[arg-type]
                 elif kind is Truncate:
                     self.conn.execute(q.delete_site_rows(target.ident, self.site_column), (site_id,))
+                elif kind is Append:
+                    self._copy_rows(q.copy_into(target.ident, self.site_column,
+                                                list(target.columns)),
+                                    list(target.columns), site_id, step.rows)  # type: ignore[union-attr]
+                elif kind is RemoveOne:
+                    self._remove_one(site_id, target, step)  # type: ignore[arg-type]
+                elif kind is ChangeOne:
+                    self._change_one(site_id, target, step)  # type: ignore[arg-type]
             except psycopg.errors.DataError as exc:  # a value the cloud column refuses
                 raise ApplyError(f"site {site_id}: cloud table {target.qualified} refused "
                                  f"a value: {exc}".strip()) from exc
@@ -88,13 +99,17 @@ class Applier:
 
     def _copy(self, stage: str, columns: list[ColumnDef], site_id: str,
               rows: Any) -> None:
+        self._copy_rows(q.copy_stage(stage, self.site_column, columns), columns, site_id, rows)
+
+    def _copy_rows(self, statement: sql.Composed, columns: list[ColumnDef], site_id: str,
+                   rows: Any) -> None:
         shape = tuple((c.field, c.avro_type) for c in columns)
         fmt = self._formatters.get(shape)
         if fmt is None:
             fmt = self._formatters[shape] = copy_text.formatter(
                 [c.field for c in columns], [c.avro_type for c in columns])
         with self.conn.cursor() as cur:
-            with cur.copy(q.copy_stage(stage, self.site_column, columns)) as copy:
+            with cur.copy(statement) as copy:
                 batch: list[dict[str, Any]] = []
                 for row in rows:
                     batch.append(row)
@@ -131,6 +146,48 @@ class Applier:
         by_field = {c.field: c for c in target.columns}
         set_cols = [by_field[f] for f in step.fields]
         key = target.key_columns
-        params = [step.row[c.field] for c in set_cols] + [site_id] + [step.old_key[c.field] for c in key]
+        old_key = [step.old_key[c.field] for c in key]
+        new_key = [step.row[c.field] for c in key]
+        if new_key != old_key:  # the key moves: a row already there is from later (see q.)
+            self.conn.execute(q.delete_moved_onto(target.ident, self.site_column, key,
+                                                  target.nullable_key),
+                              [site_id, *new_key, site_id, *old_key])
+        params = [step.row[c.field] for c in set_cols] + [site_id] + old_key
         self.conn.execute(q.update_row(target.ident, self.site_column, set_cols, key,
                                        target.nullable_key), params)
+
+    def _match_params(self, site_id: str, target: Target, row: dict[str, Any]) -> list[Any]:
+        params = [site_id] + [row[c.field] for c in target.columns]
+        if target.time_column is not None:
+            params.append(row[next(c.field for c in target.columns
+                                   if c.name == target.time_column)])
+        return params
+
+    def _remove_one(self, site_id: str, target: Target, step: RemoveOne) -> None:
+        """Each before-image removes one equal row (in order: the second of two equal DELETEs
+        sees the first's effect)."""
+        stmt = q.delete_one(target.ident, self.site_column, list(target.columns),
+                            target.time_column)
+        self._one_by_one(stmt, [self._match_params(site_id, target, row) for row in step.rows],
+                         target, site_id, "delete")
+
+    def _change_one(self, site_id: str, target: Target, step: ChangeOne) -> None:
+        by_field = {c.field: c for c in target.columns}
+        set_cols = [by_field[f] for f in step.fields]
+        stmt = q.update_one(target.ident, self.site_column, list(target.columns), set_cols,
+                            target.time_column)
+        params = [self._match_params(site_id, target, before) + [after[c.field] for c in set_cols]
+                  for before, after in step.pairs]
+        self._one_by_one(stmt, params, target, site_id, "update")
+
+    def _one_by_one(self, stmt: sql.Composed, params: list[list[Any]], target: Target,
+                    site_id: str, what: str) -> None:
+        missing = 0
+        with self.conn.cursor() as cur:
+            for p in params:
+                cur.execute(stmt, p)
+                if cur.rowcount != 1:
+                    missing += 1
+        if missing:  # the cloud lacked a row the site had: it was not equal to the site before
+            log.warning(f"keyless table: {what} found no equal cloud row", extra={
+                "site": site_id, "table": target.qualified, "rows": missing})

@@ -8,7 +8,8 @@ count so a missing record stops the site instead of vanishing.
 :func:`plan` turns an ordered list of changes into steps for the applier: consecutive changes
 of one table and one kind become one set-based statement. Within an upsert or delete step the
 last change of a key wins, which is what applying them one by one would leave; steps keep
-their order, so foreign keys and other constraints see what the site saw.
+their order, so foreign keys and other constraints see what the site saw. A table without a key
+is a multiset: its changes are never merged by value (equal rows are distinct rows).
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class SiteStream:
         self.done_tx: AppliedTx | None = None  # last complete transaction, not yet handed out
         self.inflight_tx: AppliedTx | None = None  # handed out, its cloud commit not yet seen
         self.next_offset: int | None = None  # offset to resume from after the last boundary
+        # the offset the cloud holds for this partition once what was handed out commits: what
+        # the next cloud transaction checks it still holds (the fence against other replicas)
+        self.cloud_offset = -2
         self.skipped = 0  # transactions skipped as already applied
         self.done_commit_ts: list[int] = []  # site commit times (us) of the done transactions
         self.site_lsn: int | None = None  # the site server's WAL position (Position records)
@@ -142,6 +146,8 @@ class SiteStream:
         """Hand out the complete transactions: their changes, the last one, the resume offset."""
         changes, tx, offset = self.done, self.done_tx, self.next_offset
         self.done, self.done_tx, self.next_offset = [], None, None
+        if offset is not None:
+            self.cloud_offset = offset
         self.done_commit_ts = []  # read by the sink's metrics before this call
         if tx is not None:
             self.inflight_tx = tx
@@ -189,7 +195,70 @@ class Truncate:
     version: TableVersion
 
 
-Step = Upsert | Delete | Patch | Truncate
+# -- keyless tables (REPLICA IDENTITY FULL, no primary key): the table is a multiset ------------
+
+@dataclass(slots=True)
+class Append:
+    """Rows added to a keyless table: each one is a row more, equal rows included."""
+
+    version: TableVersion
+    rows: list[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class RemoveOne:
+    """Each before-image removes exactly one equal row of a keyless table (as PostgreSQL's own
+    subscriber does): two equal rows and one DELETE leave one."""
+
+    version: TableVersion
+    rows: list[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class ChangeOne:
+    """Each (before, after) pair changes exactly one row equal to ``before``; only ``fields``
+    are set (the others were unchanged TOAST values)."""
+
+    version: TableVersion
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]]
+    fields: tuple[str, ...]
+
+
+Step = Upsert | Delete | Patch | Truncate | Append | RemoveOne | ChangeOne
+
+
+def _plan_keyless(ch: Change, last: Step | None, steps: list[Step]) -> Step:
+    """The step of one change of a keyless table: in order, runs of one kind merged."""
+    version, op = ch.version, ch.op
+    if op in ("c", "r"):
+        assert ch.after is not None
+        if not (type(last) is Append and last.version is version):
+            last = Append(version, [])
+            steps.append(last)
+        last.rows.append(ch.after)
+    elif op == "d":
+        assert ch.before is not None
+        if not (type(last) is RemoveOne and last.version is version):
+            last = RemoveOne(version, [])
+            steps.append(last)
+        last.rows.append(ch.before)
+    elif op == "u":
+        after = ch.after
+        assert after is not None
+        if ch.before is None:
+            raise ApplyError(f"{version.qualified}: update of a table without a key carries no "
+                             "before-image (REPLICA IDENTITY FULL is needed)")
+        fields = tuple(f for f in after if f not in ch.unchanged)
+        if not (type(last) is ChangeOne and last.version is version and last.fields == fields):
+            last = ChangeOne(version, [], fields)
+            steps.append(last)
+        last.pairs.append((ch.before, after))
+    elif op == "t":
+        last = Truncate(version)
+        steps.append(last)
+    else:
+        raise ApplyError(f"{version.qualified}: unknown op {op!r}")
+    return last
 
 
 def _key(version: TableVersion, row: dict[str, Any]) -> tuple:
@@ -202,6 +271,9 @@ def plan(changes: list[Change]) -> list[Step]:
     last: Step | None = None
     for ch in changes:
         version = ch.version
+        if version.keyless:
+            last = _plan_keyless(ch, last, steps)
+            continue
         op = ch.op
         if op in ("c", "r", "u"):
             after = ch.after

@@ -70,6 +70,11 @@ class TableVersion:
     def qualified(self) -> str:
         return f"{self.schema}.{self.table}"
 
+    @property
+    def keyless(self) -> bool:
+        """No primary key (REPLICA IDENTITY FULL): a multiset, whose equal rows all count."""
+        return self.nullable_key
+
     @classmethod
     def from_codec(cls, codec: Codec) -> "TableVersion":
         schema = codec.schema

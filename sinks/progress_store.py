@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 from psycopg import sql
 
+from cdc.errors import Fenced
 from cdc.lsn import format_lsn, parse_lsn
 from sinks.batcher import AppliedTx, Identity
 from sinks.sql import META_SCHEMA
@@ -80,7 +81,8 @@ def ensure_schema(conn: psycopg.Connection) -> None:
 
 def load_offsets(conn: psycopg.Connection, group_id: str) -> dict[tuple[str, int], int]:
     rows = conn.execute(
-        sql.SQL("SELECT topic, kafka_partition, next_offset FROM {} WHERE group_id = %s").format(
+        sql.SQL("SELECT topic, kafka_partition, next_offset FROM {} WHERE group_id = %s"
+                " AND next_offset >= 0").format(
             sql.Identifier(META_SCHEMA, "offsets")), (group_id,)).fetchall()
     return {(r[0], r[1]): r[2] for r in rows}
 
@@ -95,6 +97,37 @@ def load_sites(conn: psycopg.Connection) -> dict[str, AppliedTx]:
         out[site] = AppliedTx(Identity(system_id, tli, slot), xid, parse_lsn(commit_lsn),
                               parse_lsn(end_lsn), us)
     return out
+
+
+#: a partition's stored offset before anything of it was applied: read from its beginning
+FROM_BEGINNING = -2  # confluent_kafka.OFFSET_BEGINNING
+
+
+def register_partitions(conn: psycopg.Connection, group_id: str,
+                        partitions: list[tuple[str, int]]) -> None:
+    """Give every assigned partition an offsets row, so :func:`claim` always has one to lock."""
+    for topic, partition in partitions:
+        conn.execute(sql.SQL(
+            "INSERT INTO {} (group_id, topic, kafka_partition, next_offset) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (group_id, topic, kafka_partition) DO NOTHING").format(
+            sql.Identifier(META_SCHEMA, "offsets")), (group_id, topic, partition, FROM_BEGINNING))
+
+
+def claim(conn: psycopg.Connection, group_id: str, topic: str, partition: int,
+          expected: int) -> None:
+    """The fence, first in every cloud transaction that applies a partition's records: lock its
+    offsets row and check that it still holds the offset this sink read from. Another replica
+    that applied meanwhile (a frozen replica waking up with a batch in hand, a rebalance) has
+    moved it: then nothing of this transaction may commit. The lock makes two replicas'
+    transactions on one partition take turns, so the second always sees the first's offset."""
+    row = conn.execute(sql.SQL(
+        "SELECT next_offset FROM {} WHERE group_id = %s AND topic = %s AND kafka_partition = %s"
+        " FOR UPDATE").format(sql.Identifier(META_SCHEMA, "offsets")),
+        (group_id, topic, partition)).fetchone()
+    if row is None or row[0] != expected:
+        raise Fenced(f"{topic}[{partition}]: the cloud holds offset "
+                     f"{None if row is None else row[0]}, this sink read from {expected}: "
+                     f"another replica of group {group_id!r} applied it; rolled back")
 
 
 def save_offset(conn: psycopg.Connection, group_id: str, topic: str, partition: int,

@@ -25,7 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from cdc.avro import read_fingerprint
 from cdc.config import Config
-from cdc.errors import ApplyError, ConnectionLost, DecodeError, SchemaError
+from cdc.errors import ApplyError, ConnectionLost, DecodeError, Fenced, SchemaError
 from cdc.health import Health
 from cdc.lsn import format_lsn
 from cdc.metrics import OP_NAMES, sink_metrics
@@ -42,7 +42,7 @@ from sinks.tables import CloudTables
 
 log = logging.getLogger(__name__)
 
-TRANSIENT = (ConnectionLost, psycopg.OperationalError, KafkaException)
+TRANSIENT = (ConnectionLost, Fenced, psycopg.OperationalError, KafkaException)
 #: what one site's data can cause: that site stops, the others go on
 SITE_ERRORS = (ApplyError, SchemaError, DecodeError)
 PROGRESS_LOG_S = 30.0
@@ -70,6 +70,7 @@ class _Part:
     tx: AppliedTx | None
     next_offset: int | None
     final: bool = True  # False: a part of a large transaction, the cloud transaction stays open
+    expected: int = -2  # the offset the cloud must still hold for this partition (the fence)
     ops: dict[str, int] = field(default_factory=dict)  # changes by op, for the metrics
     commit_ts: list[int] = field(default_factory=list)  # site commit times (us) of its txs
     committed_at: float = 0.0  # cloud commit time (Unix s), set by the worker
@@ -240,6 +241,8 @@ class Sink:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._drain()
         self._rollback()
+        progress_store.register_partitions(self.conn, self.cfg.group_id,
+                                           [(tp.topic, tp.partition) for tp in partitions])
         offsets = progress_store.load_offsets(self.conn, self.cfg.group_id)
         sites = progress_store.load_sites(self.conn)
         replays = progress_store.load_replays(self.conn)
@@ -250,8 +253,9 @@ class Sink:
             site = self.kafka.site_of_topic(tp.topic)
             tp.offset = offsets.get((tp.topic, tp.partition), OFFSET_BEGINNING)
             if site is not None:
-                self.streams[(tp.topic, tp.partition)] = SiteStream(site, sites.get(site),
-                                                                    replays.get(site))
+                stream = SiteStream(site, sites.get(site), replays.get(site))
+                stream.cloud_offset = tp.offset
+                self.streams[(tp.topic, tp.partition)] = stream
                 if site in replays:
                     log.info("replay: applying again up to a commit LSN", extra={
                         "site": site, "until_lsn": format_lsn(replays[site][0]),
@@ -404,10 +408,11 @@ class Sink:
             if stream.done_tx is None and stream.next_offset is None:
                 continue
             commit_ts = stream.done_commit_ts
+            expected = stream.cloud_offset
             changes, tx, offset = stream.take_done()
             batch.append(_Part(topic, partition, stream, plan(changes), len(changes), tx, offset,
                                ops=Counter(c.op for c in changes), commit_ts=commit_ts,
-                               replaying=stream.had_replay))
+                               replaying=stream.had_replay, expected=expected))
         if batch:
             self.worker.submit(batch)
         self._collect()
@@ -417,6 +422,9 @@ class Sink:
         conn, applier = self.conn, self.applier
         started = time.monotonic()
         try:
+            for part in sorted(batch, key=lambda p: (p.topic, p.partition)):  # one lock order
+                progress_store.claim(conn, self.cfg.group_id, part.topic, part.partition,
+                                     part.expected)
             for part in batch:
                 if part.steps:
                     try:
@@ -550,7 +558,8 @@ class Sink:
             topic, partition = next(k for k, s in self.streams.items() if s is stream)
             self.worker.submit([_Part(topic, partition, stream, plan(changes), len(changes),
                                       None, None, final=False,
-                                      ops=Counter(c.op for c in changes))])
+                                      ops=Counter(c.op for c in changes),
+                                      expected=stream.cloud_offset)])
         self._collect()
 
     def _finish_big(self, key: tuple[str, int], stream: SiteStream) -> None:

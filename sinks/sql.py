@@ -76,17 +76,16 @@ def qualified(schema: str, table: str) -> sql.Identifier:
 
 def create_table(schema: str, table: str, site_column: str,
                  columns: tuple[ColumnDef, ...], nullable_key: bool = False) -> sql.Composed:
-    """CREATE TABLE with the site column first and primary key (site, source key...); for a
-    key that may hold NULLs (REPLICA IDENTITY FULL without a primary key: the whole row), a
-    unique constraint in which NULLs are equal (PostgreSQL 15+)."""
+    """CREATE TABLE with the site column first and primary key (site, source key...). A site
+    table without a key (REPLICA IDENTITY FULL, no primary key) is a multiset: its cloud table
+    has no unique constraint, which would merge equal rows."""
     defs = [sql.SQL("{} text NOT NULL").format(sql.Identifier(site_column))]
     for col in columns:
         defs.append(sql.SQL("{} {}").format(
             sql.Identifier(col.name), type_sql(col.sql_type, f"{schema}.{table}.{col.name}")))
-    key = [sql.Identifier(site_column)] + [sql.Identifier(c.name) for c in columns if c.is_key]
-    defs.append(sql.SQL("{} ({})").format(
-        sql.SQL("UNIQUE NULLS NOT DISTINCT" if nullable_key else "PRIMARY KEY"),
-        sql.SQL(", ").join(key)))
+    if not nullable_key:
+        key = [sql.Identifier(site_column)] + [sql.Identifier(c.name) for c in columns if c.is_key]
+        defs.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(key)))
     return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
         qualified(schema, table), sql.SQL(", ").join(defs))
 
@@ -168,6 +167,22 @@ def delete_site_rows(target: sql.Identifier, site_column: str) -> sql.Composed:
     return sql.SQL("DELETE FROM {} WHERE {} = %s").format(target, sql.Identifier(site_column))
 
 
+def delete_moved_onto(target: sql.Identifier, site_column: str, key: list[ColumnDef],
+                      nullable_key: bool = False) -> sql.Composed:
+    """Before a partial update moves a row from one key to another: DELETE the row already at
+    the new key, if the row to move is there. (Parameters: site id, new key values, site id, old
+    key values.) At the site no row held the new key at that point of its history, so a cloud
+    row there came from a copy read later (a resumed initial copy) and later changes bring the
+    moved row up to it."""
+    def match(alias: str) -> sql.Composable:
+        cond = [sql.SQL("{}.{} = %s").format(sql.Identifier(alias), sql.Identifier(site_column))]
+        cond += [sql.SQL("{}.{}{}%s").format(sql.Identifier(alias), sql.Identifier(c.name),
+                                             _equal(nullable_key)) for c in key]
+        return sql.SQL(" AND ").join(cond)
+    return sql.SQL("DELETE FROM {} AS n WHERE {} AND EXISTS (SELECT 1 FROM {} AS o WHERE {})"
+                   ).format(target, match("n"), target, match("o"))
+
+
 def update_row(target: sql.Identifier, site_column: str, set_columns: list[ColumnDef],
                key: list[ColumnDef], nullable_key: bool = False) -> sql.Composed:
     """UPDATE of some columns of one row; parameters: set values, site id, old key values."""
@@ -176,3 +191,49 @@ def update_row(target: sql.Identifier, site_column: str, set_columns: list[Colum
     cond += [sql.SQL("{}{}%s").format(sql.Identifier(c.name), _equal(nullable_key)) for c in key]
     return sql.SQL("UPDATE {} SET {} WHERE {}").format(
         target, sql.SQL(", ").join(sets), sql.SQL(" AND ").join(cond))
+
+
+# -- keyless tables: a multiset, one row at a time for updates and deletes ----------------------
+
+def copy_into(target: sql.Identifier, site_column: str, columns: list[ColumnDef]) -> sql.Composed:
+    """COPY straight into the target: rows of a keyless table are added, never merged."""
+    names = [sql.Identifier(site_column)] + [sql.Identifier(c.name) for c in columns]
+    return sql.SQL("COPY {} ({}) FROM STDIN").format(target, sql.SQL(", ").join(names))
+
+
+def _one_row(target: sql.Identifier, site_column: str, columns: list[ColumnDef],
+             time_column: str | None) -> sql.Composed:
+    """A CTE naming ONE row of the site equal to a before-image (parameters: site id, each
+    column's value, then the time column's value when given). Values compare by their output
+    text, cast through the column's type: NULL matches NULL, and types without an equality
+    operator (json, xml, point) compare too. ``tableoid`` with ``ctid``: a hypertable's chunks
+    each have their own ctids."""
+    cond = [sql.SQL("{} = %s").format(sql.Identifier(site_column))]
+    by_name = {c.name: c for c in columns}
+    for c in columns:
+        cond.append(sql.SQL("{}::text IS NOT DISTINCT FROM (%s::{})::text").format(
+            sql.Identifier(c.name), type_sql(c.sql_type, c.name)))
+    if time_column is not None:  # a plain equality TimescaleDB can exclude chunks by
+        cond.append(sql.SQL("{} = %s::{}").format(
+            sql.Identifier(time_column), type_sql(by_name[time_column].sql_type, time_column)))
+    return sql.SQL("WITH one AS MATERIALIZED (SELECT tableoid AS rel, ctid AS tid FROM {} WHERE {}"
+                   " LIMIT 1) ").format(target, sql.SQL(" AND ").join(cond))
+
+
+def delete_one(target: sql.Identifier, site_column: str, columns: list[ColumnDef],
+               time_column: str | None = None) -> sql.Composed:
+    """DELETE of exactly one row equal to a before-image (parameters: see ``_one_row``)."""
+    return _one_row(target, site_column, columns, time_column) + sql.SQL(
+        "DELETE FROM {} AS t USING one WHERE t.tableoid = one.rel AND t.ctid = one.tid").format(
+        target)
+
+
+def update_one(target: sql.Identifier, site_column: str, columns: list[ColumnDef],
+               set_columns: list[ColumnDef], time_column: str | None = None) -> sql.Composed:
+    """UPDATE of exactly one row equal to a before-image (parameters: ``_one_row``'s, then the
+    new values of ``set_columns``)."""
+    sets = [sql.SQL("{} = %s::{}").format(sql.Identifier(c.name), type_sql(c.sql_type, c.name))
+            for c in set_columns]
+    return _one_row(target, site_column, columns, time_column) + sql.SQL(
+        "UPDATE {} AS t SET {} FROM one WHERE t.tableoid = one.rel AND t.ctid = one.tid").format(
+        target, sql.SQL(", ").join(sets))

@@ -6,7 +6,8 @@ column types, the site column first and primary key ``(site column, source key..
 the cloud lacks is added; a column the site widened (every cloud value fits the new type) is
 altered to the new type. An existing column whose type cannot hold the site's values, or a
 table without a unique key on ``(site column, source key...)``, stops the site with an error
-naming table and column.
+naming table and column. A site table without a key (REPLICA IDENTITY FULL, no primary key) is a
+multiset, and its cloud table has no unique key at all.
 """
 
 from __future__ import annotations
@@ -132,6 +133,23 @@ class CloudTables:
             " GROUP BY i.indexrelid", (schema, table)).fetchall()
         want = sorted(names)
         return any(r[0] == want for r in rows)
+
+    def _drop_row_unique(self, conn: psycopg.Connection, schema: str, table: str,
+                         names: list[str]) -> None:
+        """A keyless site table is a multiset: a unique constraint over the whole row (what
+        earlier versions created for it) would merge equal rows, so it goes."""
+        rows = conn.execute(
+            "SELECT k.conname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND"
+            " c.relname = %s AND k.contype = 'u' AND (SELECT array_agg(a.attname::text ORDER BY"
+            " a.attname) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum = ANY(k.conkey))"
+            " = %s::text[]", (schema, table, sorted(names))).fetchall()
+        for (name,) in rows:
+            conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                q.qualified(schema, table), sql.Identifier(name)))
+            log.warning("dropped a unique constraint over every column of a table without a key:"
+                        " it merged equal rows", extra={"table": f"{schema}.{table}",
+                                                        "constraint": name})
 
     def _ensure_types(self, conn: psycopg.Connection, col: ColumnDef, where: str) -> None:
         """Create the enums, composites and ranges a column needs; add enum labels the site
@@ -341,7 +359,9 @@ class CloudTables:
                                      f"hold the site's {col.sql_type}, and the site's type cannot "
                                      "hold the cloud's values either")
             key = [self.site_column] + [c.name for c in columns if c.is_key]
-            if not self._has_unique_key(conn, schema, table, key):
+            if version.keyless:
+                self._drop_row_unique(conn, schema, table, key)
+            elif not self._has_unique_key(conn, schema, table, key):
                 raise ApplyError(f"{where} has no primary key or unique index on "
                                  f"({', '.join(key)}): rows of different sites could not be told apart")
         for col in refill:

@@ -46,11 +46,13 @@ class Pipeline:
     def __init__(self, tmp_path: Path, pg_factory: Callable[..., Any], kafka_broker: Any,
                  unique_name: Callable[[str], str], sites: tuple[str, ...] = ("a", "b"),
                  sink_extra: str = "", cluster_suffix: str = "",
-                 registry_url: str | None = None, site_extra: str = "") -> None:
+                 registry_url: str | None = None, site_extra: str = "",
+                 kafka_extra: str = "") -> None:
         self.tmp = tmp_path
         self.prefix = unique_name("t")
         self.kafka = kafka_broker.bootstrap_servers
-        kafka_extra = f'schema_registry_url = "{registry_url}"' if registry_url else ""
+        if registry_url:
+            kafka_extra += f'\nschema_registry_url = "{registry_url}"'
         self.clusters: dict[str, Any] = {}
         cloud = self.clusters["cloud"] = pg_factory("cloud" + cluster_suffix)
         self.cloud_dsn = cloud.create_database(unique_name("cloud"))

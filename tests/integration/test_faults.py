@@ -1,0 +1,199 @@
+"""Faults while the pipeline runs: the cloud still ends equal to every site.
+
+Reduced form of the fault suite (issue 11): two sites under a mixed workload that includes
+key-changing updates (of a plain table and of one whose TOASTed column stays unchanged, so the
+update arrives without it), sources and sink killed with ``kill -9`` at random moments, starting
+while the initial copy runs. A resumed copy reads rows in a newer state than the stream replays
+over them; the cloud must converge to each site, never stop it.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Callable
+
+import psycopg
+
+from devenv.pipeline import count, execute, rows_of, wait_until
+from tests.integration.sites import TABLES, TIMEOUT, Pipeline
+from tests.integration.test_snapshot import progress
+
+TIMEOUTS = 'config = { "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }'
+SEED = [
+    "INSERT INTO devices (id, name, firmware, installed) SELECT g, 'dev-' || g, 'v1',"
+    " date '2024-01-01' + g % 1000 FROM generate_series(1, 200000) g",
+    # 12 kB of hex per blob, stored out of line: updates that leave it alone do not send it
+    "INSERT INTO settings SELECT 'k' || lpad(g::text, 5, '0'), 'value ' || g,"
+    " (SELECT string_agg(md5(g::text || i::text), '') FROM generate_series(1, 400) i)"
+    " FROM generate_series(1, 1500) g",
+]
+
+
+def workload(dsn: str, seed: int, stop: threading.Event, errors: list[str]) -> None:
+    """Mixed transactions until ``stop`` (bounded: at most 3,000), keys moving up and down."""
+    rnd = random.Random(seed)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for n in range(3000):
+                if stop.is_set():
+                    return
+                d = rnd.randint(1, 200000)
+                s = f"k{rnd.randint(1, 1500):05d}"
+                with conn.transaction():
+                    kind = n % 6
+                    if kind == 0:  # a key moves up, past the copy's position
+                        conn.execute("UPDATE devices SET id = id + 1000000 WHERE id = %s", (d,))
+                    elif kind == 1:  # and down, into what was copied
+                        conn.execute("UPDATE devices SET id = -id WHERE id = %s", (d + 1000000,))
+                    elif kind == 2:  # a TOASTed row's key moves; the blob is not sent
+                        conn.execute("UPDATE settings SET key = 'z' || key, value = 'moved'"
+                                     " WHERE key = %s", (s,))
+                    elif kind == 3:
+                        conn.execute("UPDATE settings SET key = substr(key, 2) WHERE key = %s",
+                                     ("z" + s,))
+                        conn.execute("UPDATE devices SET firmware = 'v' || %s WHERE id = %s",
+                                     (n, d))
+                    elif kind == 4:
+                        conn.execute("DELETE FROM devices WHERE id = %s", (d,))
+                        conn.execute("INSERT INTO devices (id, name) VALUES (%s, 'new')"
+                                     " ON CONFLICT DO NOTHING", (d + 2000000,))
+                    else:
+                        conn.execute("INSERT INTO readings VALUES (%s, now(), %s, 1)"
+                                     " ON CONFLICT DO NOTHING", (d, n))
+                        conn.execute("UPDATE settings SET value = %s WHERE key = %s", (str(n), s))
+                time.sleep(0.005)
+    except Exception as exc:  # noqa: BLE001 - reported by the test
+        errors.append(f"workload on {dsn}: {exc!r}")
+
+
+def test_kill9_during_the_initial_copy_and_after_with_key_changes_converges(
+        pipeline_factory: Callable[..., Pipeline]) -> None:
+    p = pipeline_factory(site_extra="snapshot_chunk_rows = 300",
+                         kafka_extra=TIMEOUTS)  # a killed sink's partitions move on in 6 s
+    for dsn in p.site_dsn.values():
+        execute(dsn, *SEED)
+    p.start(streaming=False)
+    stop, errors = threading.Event(), []
+    threads = [threading.Thread(target=workload, args=(dsn, i, stop, errors), daemon=True)
+               for i, dsn in enumerate(p.site_dsn.values())]
+    rnd = random.Random(11)
+    wait_until(lambda: (progress(p.site_dsn["a"], "public.devices") or ("", 0))[1] > 0,
+               TIMEOUT, "the initial copy to begin", p.daemons)
+    for t in threads:
+        t.start()
+    kills = 0
+    try:
+        for _ in range(16):  # bounded: ~16 kills over ~30 s
+            time.sleep(rnd.uniform(0.5, 2.5))
+            victim = rnd.choice(p.daemons)
+            if victim.alive():
+                victim.kill9()
+                kills += 1
+            victim.start()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors
+    assert kills >= 10
+    for site, dsn in p.site_dsn.items():
+        wait_until(lambda dsn=dsn: count(dsn, "SELECT count(*) FROM tributary.snapshot_progress"
+                                              " WHERE state <> 'done'") == 0,
+                   TIMEOUT * 3, f"the initial copy of site {site}", p.daemons)
+        p.sync(site)
+        for table, columns in TABLES.items():
+            assert rows_of(p.cloud_dsn, table, columns, where_site=site) == \
+                rows_of(dsn, table, columns), f"{table} of site {site} differs in the cloud"
+    p.stop()
+
+
+AUDIT = [
+    "CREATE TABLE public.audit (kind text NOT NULL, site text, id int, version bigint)",
+    """CREATE FUNCTION public.audit_versions() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF NEW.version < OLD.version THEN
+        INSERT INTO public.audit VALUES ('stale', NEW.site_id, NEW.id, NEW.version);
+      ELSIF NEW.version = OLD.version THEN
+        INSERT INTO public.audit VALUES ('repeated', NEW.site_id, NEW.id, NEW.version);
+      END IF;
+      RETURN NEW;
+    END $$""",
+    "CREATE TRIGGER audit_versions BEFORE UPDATE ON public.versioned FOR EACH ROW"
+    " EXECUTE FUNCTION public.audit_versions()",
+    # the sink applies with session_replication_role = replica: an ALWAYS trigger still fires
+    "ALTER TABLE public.versioned ENABLE ALWAYS TRIGGER audit_versions",
+]
+
+
+def bump_versions(dsn: str, seed: int, stop: threading.Event, errors: list[str]) -> None:
+    """Transactions that raise the version of a few rows (at most 4,000, until ``stop``)."""
+    rnd = random.Random(seed)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for _ in range(4000):
+                if stop.is_set():
+                    return
+                ids = sorted(rnd.sample(range(1, 201), 3))
+                conn.execute("UPDATE versioned SET version = version + 1 WHERE id = ANY(%s)",
+                             (ids,))
+                time.sleep(0.003)
+    except Exception as exc:  # noqa: BLE001 - reported by the test
+        errors.append(f"workload on {dsn}: {exc!r}")
+
+
+def test_two_sink_replicas_with_a_frozen_one_apply_each_transaction_once(
+        pipeline_factory: Callable[..., Pipeline], tmp_path) -> None:
+    import signal
+
+    from devenv.pipeline import Daemon, cloud_config
+
+    timeouts = TIMEOUTS
+    p = pipeline_factory(sites=("a", "b", "c"))
+    for dsn in p.site_dsn.values():
+        execute(dsn, "CREATE TABLE versioned (id int PRIMARY KEY, version bigint NOT NULL)",
+                "INSERT INTO versioned SELECT g, 0 FROM generate_series(1, 200) g")
+    group = p.sink.config.read_text().split('group_id = "')[1].split('"')[0]
+    cloud_config(p.sink.config, p.cloud_dsn, p.kafka, p.prefix, group, kafka_extra=timeouts)
+    second = Daemon("sink", cloud_config(tmp_path / "cloud-2.toml", p.cloud_dsn, p.kafka,
+                                         p.prefix, group, kafka_extra=timeouts),
+                    tmp_path, "sink-2")
+    p.start()
+    for site in p.site_dsn:
+        p.sync(site)
+    execute(p.cloud_dsn, *AUDIT)
+    second.start()
+    sinks = [p.sink, second]
+    stop, errors = threading.Event(), []
+    threads = [threading.Thread(target=bump_versions, args=(dsn, i, stop, errors), daemon=True)
+               for i, dsn in enumerate(p.site_dsn.values())]
+    for t in threads:
+        t.start()
+    rnd = random.Random(5)
+    try:
+        for round_ in range(3):  # bounded: 3 rounds of ~20 s
+            time.sleep(3)
+            frozen = sinks[round_ % 2]
+            frozen.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+            time.sleep(12)  # past session.timeout.ms: the group gives its partitions away
+            frozen.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+            time.sleep(3)
+            victim = rnd.choice(sinks)
+            victim.kill9()
+            victim.start()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors
+    for site in p.site_dsn:
+        p.sync(site)
+        assert rows_of(p.cloud_dsn, "public.versioned", ["id", "version"], where_site=site) == \
+            rows_of(p.site_dsn[site], "public.versioned", ["id", "version"])
+    with psycopg.connect(p.cloud_dsn) as conn:
+        audit = dict(conn.execute("SELECT kind, count(*) FROM public.audit GROUP BY kind")
+                     .fetchall())
+    assert audit == {}, f"applies seen by the cloud trigger: {audit}"
+    assert second.stop() == 0
+    p.stop()
