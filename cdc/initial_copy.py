@@ -25,7 +25,7 @@ stream, which still starts at the consistent point, brings those rows back to th
 as it replays (the cloud may be ahead of the stream for a while; it ends equal). That holds for
 tables with a key only: replaying an INSERT over a newer copy of a table without a key would
 add its row twice. So a copy that would resume while such a table is not yet copied starts over
-instead (:func:`must_start_over`): a new slot, a new exported snapshot, the reset first.
+instead (:func:`start_over_if_needed`): a new slot, a new exported snapshot, the reset first.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from cdc.pgoutput import Begin, Commit, Truncate
 from cdc.pgsession import pinned_conninfo
 from cdc.snapshot import (
     PROGRESS_TABLE, TableKey, describe_table, ensure_progress_table, key_params, key_tuple,
-    nullable_key,
 )
 from cdc.stream import now_pg_us
 
@@ -89,9 +88,10 @@ def plan(conn: psycopg.Connection, slot: str, tables: list[tuple[str, str]]) -> 
                 (slot, schema, table, position))
 
 
-def must_start_over(conn: psycopg.Connection, slot: str) -> list[str]:
-    """The tables without a key that a resumed initial copy would still read (see the module
-    docstring): any makes the copy start over."""
+def start_over_if_needed(conn: psycopg.Connection, site_id: str, slot: str) -> bool:
+    """Drop the slot of an initial copy that would resume while a table without a key is not yet
+    copied (see the module docstring); True when it did: the copy starts over. Nothing streamed
+    from that slot yet, so nothing is lost with it."""
     ensure_progress_table(conn)
     rows = conn.execute(sql.SQL(
         "SELECT table_schema, table_name FROM {} WHERE slot = %s AND mode = 'initial' AND"
@@ -103,7 +103,12 @@ def must_start_over(conn: psycopg.Connection, slot: str) -> list[str]:
                 keyless.append(f"{schema}.{table}")
         except SchemaError:
             continue  # gone: nothing to copy
-    return keyless
+    if not keyless:
+        return False
+    log.warning("initial copy starts over: tables without a key cannot resume it; the slot is "
+                "created again", extra={"site": site_id, "slot": slot, "tables": keyless})
+    conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+    return True
 
 
 def open_snapshot(dsn: str, snapshot_name: str | None) -> psycopg.Connection:
@@ -234,14 +239,12 @@ class InitialCopy:
         log.info("initial copy of a table", extra={"table": name, "rows_estimate": total,
                                                    "resumed_after_key": after})
         width = len(key.columns)
-        # a key with a nullable column (REPLICA IDENTITY FULL without a primary key) cannot be
-        # paged by "key > last": page by offset in the snapshot, which does not change under it
-        by_offset = nullable_key(snap, key)
-        if by_offset and copied:
-            log.warning("initial copy of a table without a non-null key restarts from its first "
-                        "row (the snapshot it was paged in is gone)", extra={"table": name})
-            self._record(_Mark(0, schema, table, None, -copied, False))
-            copied = 0
+        if key.keyless:  # one pass through a cursor: equal rows need no order, and such a
+            # copy is never resumed (start_over_if_needed), so it always starts at the first row
+            snap.execute("CLOSE ALL")  # the cursor of a keyless table cancelled midway
+            snap.execute(sql.SQL("DECLARE tributary_copy NO SCROLL CURSOR FOR SELECT {} FROM {}")
+                         .format(sql.SQL(", ").join(map(sql.Identifier, key.columns)),
+                                 sql.Identifier(schema, table)))
         while True:
             if stop.is_set():
                 return False
@@ -250,17 +253,9 @@ class InitialCopy:
                 log.info("initial copy cancelled", extra={"table": name, "rows": copied})
                 return True
             cur = snap.cursor()
-            if key.keyless:  # one pass through a cursor: equal rows need no order
-                if not copied:
-                    cur.execute("CLOSE ALL")  # one of a table cancelled midway
-                    cur.execute(sql.SQL("DECLARE tributary_copy NO SCROLL CURSOR FOR SELECT {}"
-                                        " FROM {}").format(
-                        sql.SQL(", ").join(map(sql.Identifier, key.columns)),
-                        sql.Identifier(schema, table)))
+            if key.keyless:
                 cur.execute(sql.SQL("FETCH {} FROM tributary_copy").format(
                     sql.Literal(self.chunk_rows)))
-            elif by_offset:
-                cur.execute(first + sql.SQL(" OFFSET {}").format(sql.Literal(copied)))
             elif after is not None:
                 cur.execute(query, after)
             else:
@@ -278,7 +273,7 @@ class InitialCopy:
                 records += builder.handle(Commit(0, self.lsn, self.lsn, ts))
                 for k, v in records:
                     producer.produce(k, v)
-                if not by_offset:
+                if not key.keyless:
                     after = [bytes(values[i]).decode() for i in key_at]
             copied += n
             done = n < self.chunk_rows

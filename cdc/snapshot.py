@@ -158,12 +158,12 @@ class Snapshots:
             return
         key = describe_table(self.conn, schema, table)
         cond, params = _after(key, after)
-        row = None if nullable_key(self.conn, key) else self.conn.execute(sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET {} LIMIT 1")
+        row = None if key.keyless else self.conn.execute(sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET {} LIMIT 1")
                                 .format(_key_text(key), sql.Identifier(schema, table), cond,
                                         _key_cols(key), sql.Literal(self.chunk_rows - 1)),
                                 params).fetchone()
-        # None: the rest of the table (always, when a key column may be NULL: a row with a NULL
-        # in it is never "after" another, so such a table cannot be paged by its key)
+        # None: the rest of the table (always, for a table without a key: equal rows could
+        # straddle a page's end, and a row with a NULL in it is never "after" another)
         last = list(row) if row is not None else None
         content = json.dumps({"slot": self.slot, "schema": schema, "table": table,
                               "after": after, "last": last})
@@ -236,16 +236,6 @@ def _key_cols(key: TableKey) -> sql.Composable:
 
 def _key_text(key: TableKey) -> sql.Composable:
     return sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in key.keys)
-
-
-def nullable_key(conn: psycopg.Connection, key: TableKey) -> bool:
-    """Whether the table cannot be paged by its key: a key column may be NULL, or it has no key
-    (REPLICA IDENTITY FULL without a primary key), so equal rows may straddle a page's end."""
-    if key.keyless:
-        return True
-    row = conn.execute("SELECT bool_or(NOT attnotnull) FROM pg_attribute WHERE attrelid = %s"
-                       " AND attname = ANY(%s)", (key.oid, list(key.keys))).fetchone()
-    return bool(row and row[0])
 
 
 def key_tuple(key: TableKey) -> sql.Composable:

@@ -198,15 +198,9 @@ class Source:
             repl = open_replication(site.dsn)
             system = identify_system(repl)
             fresh_slot = slot_state(conn, site.slot_name) is None
-            started_over = False
-            if not fresh_slot and site.snapshot == "initial":
-                keyless = initial_copy.must_start_over(conn, site.slot_name)
-                if keyless:  # resuming would double their rows: the copy starts over
-                    log.warning("initial copy starts over: tables without a key cannot resume "
-                                "it; the slot is created again", extra={
-                                    "site": site.id, "slot": site.slot_name, "tables": keyless})
-                    conn.execute("SELECT pg_drop_replication_slot(%s)", (site.slot_name,))
-                    fresh_slot = started_over = True
+            started_over = (not fresh_slot and site.snapshot == "initial"
+                            and initial_copy.start_over_if_needed(conn, site.id, site.slot_name))
+            fresh_slot = fresh_slot or started_over
             if fresh_slot and site.snapshot == "initial":
                 # the rows the site holds at the slot's consistent point, read from its snapshot
                 initial_copy.plan(conn, site.slot_name, self._usable)

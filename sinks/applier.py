@@ -67,9 +67,9 @@ class Applier:
                 elif kind is Truncate:
                     self.conn.execute(q.delete_site_rows(target.ident, self.site_column), (site_id,))
                 elif kind is Append:
-                    self._copy_rows(q.copy_into(target.ident, self.site_column,
-                                                list(target.columns)),
-                                    list(target.columns), site_id, step.rows)  # type: ignore[union-attr]
+                    columns = list(target.columns)
+                    self._copy_rows(q.copy_into(target.ident, self.site_column, columns),
+                                    columns, site_id, step.rows)  # type: ignore[union-attr]
                 elif kind is RemoveOne:
                     self._remove_one(site_id, target, step)  # type: ignore[arg-type]
                 elif kind is ChangeOne:
@@ -140,45 +140,44 @@ class Applier:
             if low is not None:
                 time_range = (target.time_column, low, high)
         self.conn.execute(q.delete_using_stage(target.ident, stage, self.site_column, key,
-                                               target.nullable_key, time_range))
+                                               time_range))
 
     def _patch(self, site_id: str, target: Target, step: Patch) -> None:
-        by_field = {c.field: c for c in target.columns}
-        set_cols = [by_field[f] for f in step.fields]
+        set_cols = target.columns_of(step.fields)
         key = target.key_columns
         old_key = [step.old_key[c.field] for c in key]
         new_key = [step.row[c.field] for c in key]
         if new_key != old_key:  # the key moves: a row already there is from later (see q.)
-            self.conn.execute(q.delete_moved_onto(target.ident, self.site_column, key,
-                                                  target.nullable_key),
+            self.conn.execute(q.delete_moved_onto(target.ident, self.site_column, key),
                               [site_id, *new_key, site_id, *old_key])
         params = [step.row[c.field] for c in set_cols] + [site_id] + old_key
-        self.conn.execute(q.update_row(target.ident, self.site_column, set_cols, key,
-                                       target.nullable_key), params)
+        self.conn.execute(q.update_row(target.ident, self.site_column, set_cols, key), params)
 
-    def _match_params(self, site_id: str, target: Target, row: dict[str, Any]) -> list[Any]:
-        params = [site_id] + [row[c.field] for c in target.columns]
+    def _match_fields(self, target: Target) -> list[str]:
+        """The fields whose values find one equal row (``q.delete_one``'s parameters after the
+        site id): every column, then the hypertable's time column once more."""
+        fields = [c.field for c in target.columns]
         if target.time_column is not None:
-            params.append(row[next(c.field for c in target.columns
-                                   if c.name == target.time_column)])
-        return params
+            fields += [c.field for c in target.columns if c.name == target.time_column]
+        return fields
 
     def _remove_one(self, site_id: str, target: Target, step: RemoveOne) -> None:
         """Each before-image removes one equal row (in order: the second of two equal DELETEs
         sees the first's effect)."""
         stmt = q.delete_one(target.ident, self.site_column, list(target.columns),
                             target.time_column)
-        self._one_by_one(stmt, [self._match_params(site_id, target, row) for row in step.rows],
+        fields = self._match_fields(target)
+        self._one_by_one(stmt, [[site_id, *(row[f] for f in fields)] for row in step.rows],
                          target, site_id, "delete")
 
     def _change_one(self, site_id: str, target: Target, step: ChangeOne) -> None:
-        by_field = {c.field: c for c in target.columns}
-        set_cols = [by_field[f] for f in step.fields]
+        set_cols = target.columns_of(step.fields)
         stmt = q.update_one(target.ident, self.site_column, list(target.columns), set_cols,
                             target.time_column)
-        params = [self._match_params(site_id, target, before) + [after[c.field] for c in set_cols]
-                  for before, after in step.pairs]
-        self._one_by_one(stmt, params, target, site_id, "update")
+        match = self._match_fields(target)
+        self._one_by_one(stmt, [[site_id, *(before[f] for f in match),
+                                 *(after[c.field] for c in set_cols)]
+                                for before, after in step.pairs], target, site_id, "update")
 
     def _one_by_one(self, stmt: sql.Composed, params: list[list[Any]], target: Target,
                     site_id: str, what: str) -> None:

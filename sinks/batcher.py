@@ -21,6 +21,11 @@ from cdc.errors import ApplyError
 from sinks.changes import Change, TableVersion
 
 
+#: a partition's offset before anything of it was applied: read from its beginning (the value
+#: of confluent_kafka.OFFSET_BEGINNING, kept so in tributary.offsets)
+FROM_BEGINNING = -2
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """Which stream of LSNs a site's positions belong to."""
@@ -71,7 +76,7 @@ class SiteStream:
         self.next_offset: int | None = None  # offset to resume from after the last boundary
         # the offset the cloud holds for this partition once what was handed out commits: what
         # the next cloud transaction checks it still holds (the fence against other replicas)
-        self.cloud_offset = -2
+        self.cloud_offset = FROM_BEGINNING
         self.skipped = 0  # transactions skipped as already applied
         self.done_commit_ts: list[int] = []  # site commit times (us) of the done transactions
         self.site_lsn: int | None = None  # the site server's WAL position (Position records)
@@ -227,22 +232,26 @@ class ChangeOne:
 Step = Upsert | Delete | Patch | Truncate | Append | RemoveOne | ChangeOne
 
 
+def _run(last: Step | None, steps: list[Step], kind: type[Append] | type[RemoveOne],
+         version: TableVersion) -> Append | RemoveOne:
+    """The open run of ``kind`` for this table version, or a new one."""
+    if type(last) is kind and last.version is version:
+        return last  # type: ignore[return-value]
+    step = kind(version, [])
+    steps.append(step)
+    return step
+
+
 def _plan_keyless(ch: Change, last: Step | None, steps: list[Step]) -> Step:
     """The step of one change of a keyless table: in order, runs of one kind merged."""
     version, op = ch.version, ch.op
-    if op in ("c", "r"):
-        assert ch.after is not None
-        if not (type(last) is Append and last.version is version):
-            last = Append(version, [])
-            steps.append(last)
-        last.rows.append(ch.after)
-    elif op == "d":
-        assert ch.before is not None
-        if not (type(last) is RemoveOne and last.version is version):
-            last = RemoveOne(version, [])
-            steps.append(last)
-        last.rows.append(ch.before)
-    elif op == "u":
+    if op in ("c", "r", "d"):
+        row = ch.after if op != "d" else ch.before
+        assert row is not None
+        run = _run(last, steps, RemoveOne if op == "d" else Append, version)
+        run.rows.append(row)
+        return run
+    if op == "u":
         after = ch.after
         assert after is not None
         if ch.before is None:
@@ -253,12 +262,11 @@ def _plan_keyless(ch: Change, last: Step | None, steps: list[Step]) -> Step:
             last = ChangeOne(version, [], fields)
             steps.append(last)
         last.pairs.append((ch.before, after))
-    elif op == "t":
-        last = Truncate(version)
-        steps.append(last)
-    else:
-        raise ApplyError(f"{version.qualified}: unknown op {op!r}")
-    return last
+        return last
+    if op == "t":
+        steps.append(Truncate(version))
+        return steps[-1]
+    raise ApplyError(f"{version.qualified}: unknown op {op!r}")
 
 
 def _key(version: TableVersion, row: dict[str, Any]) -> tuple:

@@ -50,7 +50,7 @@ class TableVersion:
     table: str
     columns: tuple[ColumnDef, ...]
     relid: int | None = None  # the site table's OID: a dropped and re-created table has another
-    nullable_key: bool = False  # REPLICA IDENTITY FULL without a primary key: NULLs in the key
+    keyless: bool = False  # REPLICA IDENTITY FULL without a primary key: a multiset
     hypertable: dict[str, Any] | None = field(default=None, compare=False)  # time_column, ...
     key_columns: tuple[ColumnDef, ...] = field(default=(), compare=False)
     key_fields: tuple[str, ...] = field(default=(), compare=False)
@@ -69,11 +69,6 @@ class TableVersion:
     @property
     def qualified(self) -> str:
         return f"{self.schema}.{self.table}"
-
-    @property
-    def keyless(self) -> bool:
-        """No primary key (REPLICA IDENTITY FULL): a multiset, whose equal rows all count."""
-        return self.nullable_key
 
     @classmethod
     def from_codec(cls, codec: Codec) -> "TableVersion":

@@ -18,7 +18,7 @@ from psycopg import sql
 
 from cdc.errors import Fenced
 from cdc.lsn import format_lsn, parse_lsn
-from sinks.batcher import AppliedTx, Identity
+from sinks.batcher import FROM_BEGINNING, AppliedTx, Identity
 from sinks.sql import META_SCHEMA
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -97,10 +97,6 @@ def load_sites(conn: psycopg.Connection) -> dict[str, AppliedTx]:
         out[site] = AppliedTx(Identity(system_id, tli, slot), xid, parse_lsn(commit_lsn),
                               parse_lsn(end_lsn), us)
     return out
-
-
-#: a partition's stored offset before anything of it was applied: read from its beginning
-FROM_BEGINNING = -2  # confluent_kafka.OFFSET_BEGINNING
 
 
 def register_partitions(conn: psycopg.Connection, group_id: str,

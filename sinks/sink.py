@@ -35,7 +35,7 @@ from cdc.schema_store import SchemaResolver
 from cdc.topics import client_config, kafka_error_logger
 from sinks import progress_store
 from sinks.applier import Applier
-from sinks.batcher import AppliedTx, SiteStream, Step, plan
+from sinks.batcher import FROM_BEGINNING, AppliedTx, SiteStream, Step, plan
 from sinks.changes import TableVersion
 from sinks.decoding import EnvelopeDecoder
 from sinks.tables import CloudTables
@@ -70,7 +70,7 @@ class _Part:
     tx: AppliedTx | None
     next_offset: int | None
     final: bool = True  # False: a part of a large transaction, the cloud transaction stays open
-    expected: int = -2  # the offset the cloud must still hold for this partition (the fence)
+    expected: int = FROM_BEGINNING  # the offset the cloud must still hold here (the fence)
     ops: dict[str, int] = field(default_factory=dict)  # changes by op, for the metrics
     commit_ts: list[int] = field(default_factory=list)  # site commit times (us) of its txs
     committed_at: float = 0.0  # cloud commit time (Unix s), set by the worker
@@ -215,7 +215,7 @@ class Sink:
                 "error_cb": kafka_error_logger(log)}))
             self.consumer = consumer
             consumer.subscribe([self.kafka.site_topic_pattern], on_assign=self._on_assign,
-                               on_revoke=self._on_revoke, on_lost=self._on_revoke)
+                               on_revoke=self._on_revoke, on_lost=self._on_lost)
             log.info("consuming", extra={"pattern": self.kafka.site_topic_pattern,
                                          "group": cfg.group_id})
             self.worker = _ApplyWorker(self._apply_batch)
@@ -268,8 +268,15 @@ class Sink:
                                         "offset": tp.offset})
         consumer.assign(partitions)
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self.big is None:
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """The group gave the partitions away without asking (this replica was frozen or cut
+        off): what it holds is another replica's to apply now, so nothing more is flushed (a
+        batch already with the worker meets the fence in the cloud)."""
+        self._on_revoke(consumer, partitions, lost=True)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition],
+                   lost: bool = False) -> None:
+        if self.big is None and not lost:
             self._flush()  # keep the whole transactions already read; the rest is read again
         self._drain()
         self._rollback()

@@ -75,7 +75,7 @@ def qualified(schema: str, table: str) -> sql.Identifier:
 
 
 def create_table(schema: str, table: str, site_column: str,
-                 columns: tuple[ColumnDef, ...], nullable_key: bool = False) -> sql.Composed:
+                 columns: tuple[ColumnDef, ...], keyless: bool = False) -> sql.Composed:
     """CREATE TABLE with the site column first and primary key (site, source key...). A site
     table without a key (REPLICA IDENTITY FULL, no primary key) is a multiset: its cloud table
     has no unique constraint, which would merge equal rows."""
@@ -83,7 +83,7 @@ def create_table(schema: str, table: str, site_column: str,
     for col in columns:
         defs.append(sql.SQL("{} {}").format(
             sql.Identifier(col.name), type_sql(col.sql_type, f"{schema}.{table}.{col.name}")))
-    if not nullable_key:
+    if not keyless:
         key = [sql.Identifier(site_column)] + [sql.Identifier(c.name) for c in columns if c.is_key]
         defs.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(key)))
     return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
@@ -140,20 +140,14 @@ def upsert_from_stage(target: sql.Identifier, stage: str, site_column: str,
         k=sql.SQL(", ").join(conflict), a=action)
 
 
-def _equal(nullable_key: bool) -> sql.SQL:
-    """How key columns compare: NULL matches NULL when the key may hold NULLs."""
-    return sql.SQL(" IS NOT DISTINCT FROM " if nullable_key else " = ")
-
-
 def delete_using_stage(target: sql.Identifier, stage: str, site_column: str,
-                       key: list[ColumnDef], nullable_key: bool = False,
+                       key: list[ColumnDef],
                        time_range: tuple[str, Any, Any] | None = None) -> sql.Composed:
     """DELETE of the staged keys. ``time_range`` (column, min, max of the staged keys) adds
     constant bounds, so TimescaleDB excludes the other chunks when it plans (a join alone makes
     it probe every chunk)."""
     cond = [sql.SQL("t.{0} = s.{0}").format(sql.Identifier(site_column))]
-    cond += [sql.SQL("t.{0}{1}s.{0}").format(sql.Identifier(c.name), _equal(nullable_key))
-             for c in key]
+    cond += [sql.SQL("t.{0} = s.{0}").format(sql.Identifier(c.name)) for c in key]
     if time_range is not None:
         column, low, high = time_range
         cond.append(sql.SQL("t.{} BETWEEN {} AND {}").format(
@@ -167,8 +161,8 @@ def delete_site_rows(target: sql.Identifier, site_column: str) -> sql.Composed:
     return sql.SQL("DELETE FROM {} WHERE {} = %s").format(target, sql.Identifier(site_column))
 
 
-def delete_moved_onto(target: sql.Identifier, site_column: str, key: list[ColumnDef],
-                      nullable_key: bool = False) -> sql.Composed:
+def delete_moved_onto(target: sql.Identifier, site_column: str,
+                      key: list[ColumnDef]) -> sql.Composed:
     """Before a partial update moves a row from one key to another: DELETE the row already at
     the new key, if the row to move is there. (Parameters: site id, new key values, site id, old
     key values.) At the site no row held the new key at that point of its history, so a cloud
@@ -176,19 +170,19 @@ def delete_moved_onto(target: sql.Identifier, site_column: str, key: list[Column
     moved row up to it."""
     def match(alias: str) -> sql.Composable:
         cond = [sql.SQL("{}.{} = %s").format(sql.Identifier(alias), sql.Identifier(site_column))]
-        cond += [sql.SQL("{}.{}{}%s").format(sql.Identifier(alias), sql.Identifier(c.name),
-                                             _equal(nullable_key)) for c in key]
+        cond += [sql.SQL("{}.{} = %s").format(sql.Identifier(alias), sql.Identifier(c.name))
+                 for c in key]
         return sql.SQL(" AND ").join(cond)
     return sql.SQL("DELETE FROM {} AS n WHERE {} AND EXISTS (SELECT 1 FROM {} AS o WHERE {})"
                    ).format(target, match("n"), target, match("o"))
 
 
 def update_row(target: sql.Identifier, site_column: str, set_columns: list[ColumnDef],
-               key: list[ColumnDef], nullable_key: bool = False) -> sql.Composed:
+               key: list[ColumnDef]) -> sql.Composed:
     """UPDATE of some columns of one row; parameters: set values, site id, old key values."""
     sets = [sql.SQL("{} = %s").format(sql.Identifier(c.name)) for c in set_columns]
     cond = [sql.SQL("{} = %s").format(sql.Identifier(site_column))]
-    cond += [sql.SQL("{}{}%s").format(sql.Identifier(c.name), _equal(nullable_key)) for c in key]
+    cond += [sql.SQL("{} = %s").format(sql.Identifier(c.name)) for c in key]
     return sql.SQL("UPDATE {} SET {} WHERE {}").format(
         target, sql.SQL(", ").join(sets), sql.SQL(" AND ").join(cond))
 

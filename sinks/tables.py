@@ -72,7 +72,6 @@ class Target:
     table: str
     ident: sql.Identifier
     columns: tuple[ColumnDef, ...]  # the version's columns, cloud-side names
-    nullable_key: bool = False  # the key may hold NULLs (compare with IS NOT DISTINCT FROM)
     time_column: str | None = None  # a site hypertable's time column (cloud name), in the key
 
     @property
@@ -82,6 +81,11 @@ class Target:
     @property
     def key_columns(self) -> list[ColumnDef]:
         return [c for c in self.columns if c.is_key]
+
+    def columns_of(self, fields: tuple[str, ...]) -> list[ColumnDef]:
+        """The columns of these Avro fields (what a partial update sets), in that order."""
+        by_field = {c.field: c for c in self.columns}
+        return [by_field[f] for f in fields]
 
 
 class CloudTables:
@@ -330,7 +334,7 @@ class CloudTables:
                 raise ApplyError(f"{where} does not exist and sink.create_tables is false")
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
             conn.execute(q.create_table(schema, table, self.site_column, columns,
-                                        version.nullable_key))
+                                        version.keyless))
             log.info("created cloud table", extra={"table": f"{schema}.{table}",
                                                     "from": version.qualified})
             if version.hypertable and self._cloud_has_timescaledb(conn):
@@ -374,5 +378,5 @@ class CloudTables:
                 "value": col.missing})
         time_column = (version.hypertable or {}).get("time_column")
         keyed = {c.name for c in version.columns if c.is_key}
-        return Target(schema, table, q.qualified(schema, table), columns, version.nullable_key,
+        return Target(schema, table, q.qualified(schema, table), columns,
                       mapping.get(time_column) if time_column in keyed else None)

@@ -10,13 +10,17 @@ over them; the cloud must converge to each site, never stop it.
 from __future__ import annotations
 
 import random
+import signal
 import threading
 import time
-from typing import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import psycopg
 
-from devenv.pipeline import count, execute, rows_of, wait_until
+from cdc.config import load_config
+from devenv.pipeline import Daemon, cloud_config, count, execute, rows_of, wait_until
 from tests.integration.sites import TABLES, TIMEOUT, Pipeline
 from tests.integration.test_snapshot import progress
 
@@ -31,41 +35,61 @@ SEED = [
 ]
 
 
-def workload(dsn: str, seed: int, stop: threading.Event, errors: list[str]) -> None:
-    """Mixed transactions until ``stop`` (bounded: at most 3,000), keys moving up and down."""
-    rnd = random.Random(seed)
+@contextmanager
+def workloads(dsns: Iterable[str], transaction: Callable[[psycopg.Connection, random.Random, int],
+                                                         None], limit: int) -> Iterator[None]:
+    """One thread per site running ``transaction(conn, rnd, n)`` in a loop (at most ``limit``
+    times) while the block runs; an error in any of them fails the test after the block."""
+    stop, errors = threading.Event(), []
+
+    def run(dsn: str, seed: int) -> None:
+        rnd = random.Random(seed)
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                for n in range(limit):
+                    if stop.is_set():
+                        return
+                    with conn.transaction():
+                        transaction(conn, rnd, n)
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            errors.append(f"workload on {dsn}: {exc!r}")
+
+    threads = [threading.Thread(target=run, args=(dsn, i), daemon=True)
+               for i, dsn in enumerate(dsns)]
+    for t in threads:
+        t.start()
     try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            for n in range(3000):
-                if stop.is_set():
-                    return
-                d = rnd.randint(1, 200000)
-                s = f"k{rnd.randint(1, 1500):05d}"
-                with conn.transaction():
-                    kind = n % 6
-                    if kind == 0:  # a key moves up, past the copy's position
-                        conn.execute("UPDATE devices SET id = id + 1000000 WHERE id = %s", (d,))
-                    elif kind == 1:  # and down, into what was copied
-                        conn.execute("UPDATE devices SET id = -id WHERE id = %s", (d + 1000000,))
-                    elif kind == 2:  # a TOASTed row's key moves; the blob is not sent
-                        conn.execute("UPDATE settings SET key = 'z' || key, value = 'moved'"
-                                     " WHERE key = %s", (s,))
-                    elif kind == 3:
-                        conn.execute("UPDATE settings SET key = substr(key, 2) WHERE key = %s",
-                                     ("z" + s,))
-                        conn.execute("UPDATE devices SET firmware = 'v' || %s WHERE id = %s",
-                                     (n, d))
-                    elif kind == 4:
-                        conn.execute("DELETE FROM devices WHERE id = %s", (d,))
-                        conn.execute("INSERT INTO devices (id, name) VALUES (%s, 'new')"
-                                     " ON CONFLICT DO NOTHING", (d + 2000000,))
-                    else:
-                        conn.execute("INSERT INTO readings VALUES (%s, now(), %s, 1)"
-                                     " ON CONFLICT DO NOTHING", (d, n))
-                        conn.execute("UPDATE settings SET value = %s WHERE key = %s", (str(n), s))
-                time.sleep(0.005)
-    except Exception as exc:  # noqa: BLE001 - reported by the test
-        errors.append(f"workload on {dsn}: {exc!r}")
+        yield
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors
+
+
+def mixed(conn: psycopg.Connection, rnd: random.Random, n: int) -> None:
+    """One transaction of the mixed workload: keys moving up and down, TOASTed rows moving."""
+    d = rnd.randint(1, 200000)
+    s = f"k{rnd.randint(1, 1500):05d}"
+    kind = n % 6
+    if kind == 0:  # a key moves up, past the copy's position
+        conn.execute("UPDATE devices SET id = id + 1000000 WHERE id = %s", (d,))
+    elif kind == 1:  # and down, into what was copied
+        conn.execute("UPDATE devices SET id = -id WHERE id = %s", (d + 1000000,))
+    elif kind == 2:  # a TOASTed row's key moves; the blob is not sent
+        conn.execute("UPDATE settings SET key = 'z' || key, value = 'moved' WHERE key = %s", (s,))
+    elif kind == 3:
+        conn.execute("UPDATE settings SET key = substr(key, 2) WHERE key = %s", ("z" + s,))
+        conn.execute("UPDATE devices SET firmware = 'v' || %s WHERE id = %s", (n, d))
+    elif kind == 4:
+        conn.execute("DELETE FROM devices WHERE id = %s", (d,))
+        conn.execute("INSERT INTO devices (id, name) VALUES (%s, 'new') ON CONFLICT DO NOTHING",
+                     (d + 2000000,))
+    else:
+        conn.execute("INSERT INTO readings VALUES (%s, now(), %s, 1) ON CONFLICT DO NOTHING",
+                     (d, n))
+        conn.execute("UPDATE settings SET value = %s WHERE key = %s", (str(n), s))
+    time.sleep(0.005)
 
 
 def test_kill9_during_the_initial_copy_and_after_with_key_changes_converges(
@@ -75,16 +99,11 @@ def test_kill9_during_the_initial_copy_and_after_with_key_changes_converges(
     for dsn in p.site_dsn.values():
         execute(dsn, *SEED)
     p.start(streaming=False)
-    stop, errors = threading.Event(), []
-    threads = [threading.Thread(target=workload, args=(dsn, i, stop, errors), daemon=True)
-               for i, dsn in enumerate(p.site_dsn.values())]
     rnd = random.Random(11)
     wait_until(lambda: (progress(p.site_dsn["a"], "public.devices") or ("", 0))[1] > 0,
                TIMEOUT, "the initial copy to begin", p.daemons)
-    for t in threads:
-        t.start()
     kills = 0
-    try:
+    with workloads(p.site_dsn.values(), mixed, 3000):
         for _ in range(16):  # bounded: ~16 kills over ~30 s
             time.sleep(rnd.uniform(0.5, 2.5))
             victim = rnd.choice(p.daemons)
@@ -92,11 +111,6 @@ def test_kill9_during_the_initial_copy_and_after_with_key_changes_converges(
                 victim.kill9()
                 kills += 1
             victim.start()
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
-    assert not errors, errors
     assert kills >= 10
     for site, dsn in p.site_dsn.items():
         wait_until(lambda dsn=dsn: count(dsn, "SELECT count(*) FROM tributary.snapshot_progress"
@@ -127,36 +141,22 @@ AUDIT = [
 ]
 
 
-def bump_versions(dsn: str, seed: int, stop: threading.Event, errors: list[str]) -> None:
-    """Transactions that raise the version of a few rows (at most 20,000, until ``stop``)."""
-    rnd = random.Random(seed)
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            for _ in range(20000):
-                if stop.is_set():
-                    return
-                ids = sorted(rnd.sample(range(1, 201), 3))
-                conn.execute("UPDATE versioned SET version = version + 1 WHERE id = ANY(%s)",
-                             (ids,))  # as fast as it goes: the sinks hold batches in hand
-    except Exception as exc:  # noqa: BLE001 - reported by the test
-        errors.append(f"workload on {dsn}: {exc!r}")
+def bump_versions(conn: psycopg.Connection, rnd: random.Random, n: int) -> None:
+    """Raise the version of a few rows, as fast as it goes: the sinks hold batches in hand."""
+    conn.execute("UPDATE versioned SET version = version + 1 WHERE id = ANY(%s)",
+                 (sorted(rnd.sample(range(1, 201), 3)),))
 
 
 def test_two_sink_replicas_with_a_frozen_one_apply_each_transaction_once(
-        pipeline_factory: Callable[..., Pipeline], tmp_path) -> None:
-    import signal
-
-    from devenv.pipeline import Daemon, cloud_config
-
-    timeouts = TIMEOUTS
+        pipeline_factory: Callable[..., Pipeline], tmp_path: Path) -> None:
     p = pipeline_factory(sites=("a", "b", "c"))
     for dsn in p.site_dsn.values():
         execute(dsn, "CREATE TABLE versioned (id int PRIMARY KEY, version bigint NOT NULL)",
                 "INSERT INTO versioned SELECT g, 0 FROM generate_series(1, 200) g")
-    group = p.sink.config.read_text().split('group_id = "')[1].split('"')[0]
-    cloud_config(p.sink.config, p.cloud_dsn, p.kafka, p.prefix, group, kafka_extra=timeouts)
+    group = load_config(p.sink.config).need_sink().group_id
+    cloud_config(p.sink.config, p.cloud_dsn, p.kafka, p.prefix, group, kafka_extra=TIMEOUTS)
     second = Daemon("sink", cloud_config(tmp_path / "cloud-2.toml", p.cloud_dsn, p.kafka,
-                                         p.prefix, group, kafka_extra=timeouts),
+                                         p.prefix, group, kafka_extra=TIMEOUTS),
                     tmp_path, "sink-2")
     p.start()
     for site in p.site_dsn:
@@ -164,13 +164,8 @@ def test_two_sink_replicas_with_a_frozen_one_apply_each_transaction_once(
     execute(p.cloud_dsn, *AUDIT)
     second.start()
     sinks = [p.sink, second]
-    stop, errors = threading.Event(), []
-    threads = [threading.Thread(target=bump_versions, args=(dsn, i, stop, errors), daemon=True)
-               for i, dsn in enumerate(p.site_dsn.values())]
-    for t in threads:
-        t.start()
     rnd = random.Random(5)
-    try:
+    with workloads(p.site_dsn.values(), bump_versions, 20000):
         for round_ in range(3):  # bounded: 3 rounds of ~20 s
             time.sleep(3)
             frozen = sinks[round_ % 2]
@@ -181,11 +176,6 @@ def test_two_sink_replicas_with_a_frozen_one_apply_each_transaction_once(
             victim = rnd.choice(sinks)
             victim.kill9()
             victim.start()
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
-    assert not errors, errors
     for site in p.site_dsn:
         p.sync(site)
         assert rows_of(p.cloud_dsn, "public.versioned", ["id", "version"], where_site=site) == \
