@@ -45,7 +45,7 @@ from tests.pgoutput_encoder import encode_frame, encode_message, encode_tuple
 
 REPO = Path(__file__).resolve().parents[2]
 PG15_STREAM = REPO / "tests" / "fixtures" / "pg15_stream.jsonl"
-TSDB_STREAM = REPO.parent / "shared" / "fixtures" / "timescaledb-2.28.3" / "stream.jsonl"
+TSDB_STREAM = REPO / "tests" / "fixtures" / "timescaledb-2.28.3" / "stream.jsonl"
 
 
 def _load(path: Path) -> list[tuple[int, int, bytes]]:
@@ -288,7 +288,7 @@ def test_pg15_origin(pg15_raw, pg15):
 
 
 # ---------------------------------------------------------------------------------------------
-# The TimescaleDB recording (counts from /work/shared/fixtures/timescaledb-2.28.3/README.md)
+# The TimescaleDB recording (counts from tests/fixtures/timescaledb-2.28.3/README.md)
 # ---------------------------------------------------------------------------------------------
 
 

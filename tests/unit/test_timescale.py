@@ -10,7 +10,7 @@ from cdc.pgoutput import Delete, Insert, Message, Relation, Truncate, Update, de
 from cdc.timescale import Hypertable, TimescaleFilter, chunk_hypertable_id
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURE = REPO.parent / "shared" / "fixtures" / "timescaledb-2.28.3"
+FIXTURE = REPO / "tests" / "fixtures" / "timescaledb-2.28.3"
 
 
 def recorded_catalog() -> dict[tuple[str, str], Hypertable]:
