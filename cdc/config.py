@@ -170,6 +170,14 @@ class SinkConfig(_Section):
             for name in (src, dst):
                 if name.count(".") != 1:
                     raise ValueError(f"{name!r} must be schema.table")
+        # two site tables in one cloud table: each switch between them would look like the
+        # table dropped and created again, and remove the other's rows of that site
+        landing: dict[str, str] = {}
+        for src, dst in v.items():
+            if dst in landing:
+                raise ValueError(f"site tables {landing[dst]!r} and {src!r} would both land in "
+                                 f"cloud table {dst!r}: map each to a cloud table of its own")
+            landing[dst] = src
         return v
 
     def __repr__(self) -> str:

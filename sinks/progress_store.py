@@ -69,6 +69,9 @@ _DDL = [
         site_id text NOT NULL, table_schema text NOT NULL, table_name text NOT NULL,
         relid bigint NOT NULL, PRIMARY KEY (site_id, table_schema, table_name))""").format(
         sql.Identifier(META_SCHEMA, "site_tables")),
+    # ... and which site table it is: two site tables of one site never share a cloud table
+    sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS site_table text").format(
+        sql.Identifier(META_SCHEMA, "site_tables")),
 ]
 
 

@@ -241,9 +241,14 @@ class CloudTables:
         if version.relid is None:
             return
         meta = sql.Identifier(q.META_SCHEMA, "site_tables")
-        row = conn.execute(sql.SQL("SELECT relid FROM {} WHERE site_id = %s AND table_schema = %s"
-                                   " AND table_name = %s").format(meta),
+        row = conn.execute(sql.SQL("SELECT relid, site_table FROM {} WHERE site_id = %s AND"
+                                   " table_schema = %s AND table_name = %s").format(meta),
                            (site_id, schema, table)).fetchone()
+        if row is not None and row[1] is not None and row[1] != version.qualified:
+            # each switch between them would look like a table dropped and created again
+            raise ApplyError(f"site {site_id}: site tables {row[1]} and {version.qualified} both "
+                             f"land in cloud table {schema}.{table}; map one of them to a cloud "
+                             "table of its own in [sink.tables]")
         if row is not None and row[0] != version.relid and table_exists:
             cur = conn.execute(q.delete_site_rows(q.qualified(schema, table), self.site_column),
                                (site_id,))
@@ -253,11 +258,12 @@ class CloudTables:
             log.warning("site table dropped and created again: the site's old rows removed",
                         extra={"site": site_id, "table": f"{schema}.{table}",
                                "site_table": version.qualified, "rows": cur.rowcount})
-        if row is None or row[0] != version.relid:
+        if row is None or row[0] != version.relid or row[1] is None:
             conn.execute(sql.SQL(
-                "INSERT INTO {} (site_id, table_schema, table_name, relid) VALUES (%s, %s, %s, %s)"
-                " ON CONFLICT (site_id, table_schema, table_name) DO UPDATE SET relid = excluded.relid"
-            ).format(meta), (site_id, schema, table, version.relid))
+                "INSERT INTO {} (site_id, table_schema, table_name, relid, site_table) VALUES"
+                " (%s, %s, %s, %s, %s) ON CONFLICT (site_id, table_schema, table_name) DO UPDATE"
+                " SET relid = excluded.relid, site_table = excluded.site_table"
+            ).format(meta), (site_id, schema, table, version.relid, version.qualified))
 
     def _follow_site(self, conn: psycopg.Connection, site_id: str, version: TableVersion,
                      schema: str, table: str, existing: dict[str, str] | None,

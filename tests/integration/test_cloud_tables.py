@@ -145,3 +145,24 @@ def test_remove_site_deletes_its_rows_everywhere_and_leaves_the_others(
     sync(p.site_dsn["b"], p.cloud_dsn, "b", TIMEOUT, (p.sources["b"], p.sink))
     assert rows_of(p.cloud_dsn, "public.devices", ["id", "name"], where_site="b") == \
         rows_of(p.site_dsn["b"], "public.devices", ["id", "name"])
+
+
+def test_two_site_tables_in_one_cloud_table_stop_the_site_not_delete_each_other(
+        pipeline_factory: Callable[..., Pipeline]) -> None:
+    """``public.extra`` is mapped onto ``public.devices``, where the site's own devices table
+    lands too: refused by name, before either deletes the other's rows."""
+    p = pipeline_factory(sites=("a",), sink_extra='tables = { "public.extra" = "public.devices" }')
+    a = p.site_dsn["a"]
+    execute(a, "CREATE TABLE extra (id int PRIMARY KEY, name text NOT NULL, firmware text,"
+               " installed date, updated_at timestamptz)")
+    p.start()
+    execute(a, "INSERT INTO devices (id, name) VALUES (1, 'device')")
+    p.sync("a")
+    execute(a, "INSERT INTO extra (id, name) VALUES (2, 'extra')")
+    wait_until(lambda: "site a stopped" in p.sink.log(), TIMEOUT, "the sink to refuse it",
+               p.daemons)
+    assert "site tables public.devices and public.extra both land in cloud table " \
+           "public.devices" in p.sink.log()
+    assert rows_of(p.cloud_dsn, "public.devices", ["id", "name"], where_site="a") == \
+        [("1", "device")]
+    p.stop()

@@ -87,3 +87,18 @@ def test_topic_pattern_excludes_schema_topic(tmp_path: Path) -> None:
     assert pattern.match("tributary.plant-1")
     assert not pattern.match(cfg.kafka.schema_topic)
     assert cfg.kafka.site_of_topic("tributary.plant-1") == "plant-1"
+
+
+def test_two_site_tables_mapped_to_one_cloud_table_are_refused(tmp_path: Path) -> None:
+    text = """
+[sink]
+dsn = "host=cloud"
+[sink.tables]
+"public.readings" = "telemetry.readings"
+"iot.readings" = "telemetry.readings"
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+"""
+    with pytest.raises(ConfigError, match="'public.readings' and 'iot.readings' would both land "
+                                          "in cloud table 'telemetry.readings'"):
+        load_config(write(tmp_path, text))
