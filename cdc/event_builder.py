@@ -5,8 +5,11 @@ the ``on_new_schema`` callback, which the source uses to publish a schema before
 
 Per site transaction the stream carries: a Begin record, one record per change (a delete is
 followed by a tombstone for its key; an update that changes the key is followed by a tombstone
-for the old key), and a Commit record that counts the changes. The Commit's ``end_lsn`` is what
-the source may confirm to the slot once every record up to it is acknowledged.
+for the old key, except in a table without a key, where an equal row may remain), and a Commit
+record that counts the changes. The Commit's ``end_lsn`` is what the source may confirm to the
+slot once every record up to it is acknowledged. Each Begin links to the transaction before it
+in this session (its end LSN; the session's start for the first), so the sink can tell a
+transaction that never arrived whole from a restart.
 """
 
 from __future__ import annotations
@@ -72,7 +75,8 @@ class EventBuilder:
                  key_lookup: KeyLookup | None = None,
                  column_lookup: ColumnLookup | None = None,
                  framing: Framing | None = None,
-                 hypertable_of: Callable[[int], Hypertable | None] | None = None) -> None:
+                 hypertable_of: Callable[[int], Hypertable | None] | None = None,
+                 start_lsn: int = 0) -> None:
         self.site = site
         self._framing: Framing = framing or SelfContained()
         self.relations = RelationCache(lookup, key_lookup, column_lookup, hypertable_of)
@@ -88,6 +92,9 @@ class EventBuilder:
         self._commit_ts = 0
         self._seq = 0
         self._open = False
+        # the link each Begin carries: end LSN of the transaction before it in this session
+        self._prev_end = start_lsn
+        self._session_first = True
         self._tx_prefix = b""  # Avro of source.site + source.db
         self._tx_middle = b""  # Avro of source.xid + source.commit_lsn
         self._tx_suffix = b""  # Avro of source.commit_ts + source.snapshot
@@ -165,12 +172,18 @@ class EventBuilder:
         return [(CONTROL_KEY, self._begin.encode({
             "site": site.site_id, "system_id": site.system_id, "timeline": site.timeline,
             "slot": site.slot, "db": site.database, "xid": msg.xid,
-            "commit_lsn": msg.final_lsn, "commit_ts": self._commit_ts}))]
+            "commit_lsn": msg.final_lsn, "commit_ts": self._commit_ts,
+            "prev_end_lsn": self._prev_end, "session_first": self._first_of_session()}))]
+
+    def _first_of_session(self) -> bool:
+        first, self._session_first = self._session_first, False
+        return first
 
     def _commit_tx(self, msg: Commit) -> list[Record]:
         if not self._open:
             raise DecodeError(f"Commit at {msg.commit_lsn:X} outside a transaction")
         self._open = False
+        self._prev_end = msg.end_lsn
         return [(CONTROL_KEY, self._commit.encode({
             "site": self.site.site_id, "xid": self._xid, "commit_lsn": msg.commit_lsn,
             "end_lsn": msg.end_lsn, "commit_ts": self._commit_ts, "changes": self._seq}))]

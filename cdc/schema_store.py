@@ -101,7 +101,15 @@ class SchemaRegistry:
                         continue
                     raise SchemaError(f"reading schema topic {topic}: {msg.error()}")
                 if msg.value() is not None:
-                    codec = Codec.of(json.loads(msg.value()))
+                    try:
+                        codec = Codec.of(json.loads(msg.value()))
+                    except Exception as exc:  # noqa: BLE001 - any writer can put bytes there
+                        # not a schema: no record can name it, so nothing is lost by passing it
+                        # (a record whose schema is missing stops its own site by name)
+                        log.warning("schema topic record that is not a schema: skipped", extra={
+                            "topic": topic, "offset": msg.offset(),
+                            "error": f"{type(exc).__name__}: {exc}"[:300]})
+                        continue
                     self._codecs[codec.fingerprint] = codec
                 if msg.offset() + 1 >= ends.get(msg.partition(), 0):
                     ends.pop(msg.partition(), None)

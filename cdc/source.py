@@ -243,7 +243,7 @@ class Source:
                                    key_lookup=primary_key_lookup(conn),
                                    column_lookup=column_lookup(conn), framing=framing,
                                    hypertable_of=chunk_filter.hypertable_of if chunk_filter
-                                   else None)
+                                   else None, start_lsn=slot.confirmed_flush_lsn)
             progress = SourceProgress(slot.confirmed_flush_lsn)
             producer = EventProducer(kafka, topic, progress)
             if site.snapshot == "initial":

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cdc.errors import ApplyError
+from cdc.errors import ApplyError, ProgressError
 from sinks.changes import Change, TableVersion
 
 
@@ -54,6 +54,7 @@ class _OpenTx:
     commit_ts: int
     skip: bool
     only: frozenset[str] | None = None  # a replay of chosen tables: apply only their changes
+    held: bool = False  # not linked to what the cloud holds: a delivery gap before it
     changes: list[Change] = field(default_factory=list)
     count: int = 0  # changes seen, including ones already handed out (big transactions)
 
@@ -77,9 +78,32 @@ class SiteStream:
         # the offset the cloud holds for this partition once what was handed out commits: what
         # the next cloud transaction checks it still holds (the fence against other replicas)
         self.cloud_offset = FROM_BEGINNING
+        self.expect_offset: int | None = None  # the first record to read (see first_record)
         self.skipped = 0  # transactions skipped as already applied
+        # transactions held back since the last applied one: the one before them never arrived
+        # whole (a delivery gap); the source sends it again, then they follow
+        self.held = 0
         self.done_commit_ts: list[int] = []  # site commit times (us) of the done transactions
         self.site_lsn: int | None = None  # the site server's WAL position (Position records)
+
+    def resume_at(self, offset: int) -> None:
+        """The cloud holds this partition up to ``offset`` (FROM_BEGINNING: nothing yet)."""
+        self.cloud_offset = offset
+        self.expect_offset = offset if offset >= 0 else None
+
+    def first_record(self, offset: int) -> None:
+        """The first record read must be the one the cloud resumes at: a consumer moves past
+        records Kafka already deleted (retention) without a word, and their changes would never
+        reach the cloud."""
+        expected, self.expect_offset = self.expect_offset, None
+        if expected is not None and offset != expected:
+            raise ProgressError(
+                f"site {self.site_id}: the cloud resumes at offset {expected} of its topic, but "
+                f"the first record Kafka has is at offset {offset}: records {expected}.."
+                f"{offset - 1} were deleted (retention) before the sink applied them, and their "
+                "changes never reached the cloud. Copy the site again (drop its slot at the site, "
+                "`cdc sink remove-site` in the cloud, start the source), and keep the topic's "
+                "retention longer than the sink may be away")
 
     @property
     def last_tx(self) -> AppliedTx | None:
@@ -96,13 +120,45 @@ class SiteStream:
                 and (rec["commit_lsn"] < last.commit_lsn
                      or (rec["commit_lsn"] == last.commit_lsn and rec["xid"] != 0)))
         only = None
+        held = False
         if self.replay_until is not None and rec["commit_lsn"] <= self.replay_until:
             skip, only = False, self.replay_tables
-        self.open = _OpenTx(identity, rec["xid"], rec["commit_lsn"], rec["commit_ts"], skip,
-                            only)
+        elif not skip and last is not None and last.identity == identity and rec["xid"] != 0:
+            held = not self._linked(rec, last)
+        self.open = _OpenTx(identity, rec["xid"], rec["commit_lsn"], rec["commit_ts"],
+                            skip or held, only, held)
         if skip:
             self.skipped += 1
+        self.held = self.held + 1 if held else 0
         return cut
+
+    def _linked(self, rec: dict[str, Any], last: AppliedTx) -> bool:
+        """Whether a transaction the cloud lacks may be applied after ``last``: its Begin's link
+        (the end LSN of the transaction before it in its source session) must be ``last``'s end.
+
+        Otherwise one in between never arrived whole: librdkafka dropped timed-out records and
+        delivered later ones, and the source, seeing the error, streams again from the slot's
+        confirmed point, which cannot be past the missing one. Applying this one now and
+        skipping the missing one later as "older" would lose it; so it is held (not applied)
+        until the source's next session brings both again. A session's first transaction links
+        to where the session started: below ``last`` while the cloud lacks it, the site's LSNs
+        went backwards. Records of sources without the link are not checked.
+        """
+        prev = rec.get("prev_end_lsn")
+        if prev is None or prev == last.end_lsn:
+            return True
+        if not rec.get("session_first"):
+            return False
+        if prev < last.end_lsn:
+            raise ProgressError(
+                f"site {self.site_id}: a source session that starts at {prev:X} (system "
+                f"{last.identity.system_id}, timeline {last.identity.timeline}, slot "
+                f"{last.identity.slot}) sends transaction xid {rec['xid']} commit LSN "
+                f"{rec['commit_lsn']:X}, which the cloud lacks, though the cloud applied up to "
+                f"{last.end_lsn:X}: the site's LSNs went backwards (a site restored from a backup "
+                "or a slot created again). Copy the site again: drop its slot at the site, run "
+                "`cdc sink remove-site` in the cloud, start the source")
+        return True  # the slot was confirmed past the last transaction while the site was idle
 
     def change(self, change: Change, offset: int) -> bool:
         """A change record; False when it belongs to a skipped transaction."""

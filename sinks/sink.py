@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import struct
 from collections import Counter
 import threading
 import time
@@ -25,7 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from cdc.avro import read_fingerprint
 from cdc.config import Config
-from cdc.errors import ApplyError, ConnectionLost, DecodeError, Fenced, SchemaError
+from cdc.errors import ApplyError, ConnectionLost, DecodeError, Fenced, ProgressError, SchemaError
 from cdc.health import Health
 from cdc.lsn import format_lsn
 from cdc.metrics import OP_NAMES, sink_metrics
@@ -44,7 +45,11 @@ log = logging.getLogger(__name__)
 
 TRANSIENT = (ConnectionLost, Fenced, psycopg.OperationalError, KafkaException)
 #: what one site's data can cause: that site stops, the others go on
-SITE_ERRORS = (ApplyError, SchemaError, DecodeError)
+SITE_ERRORS = (ApplyError, SchemaError, DecodeError, ProgressError)
+#: what bytes that are not a record of ours raise while decoded (Avro readers, field access):
+#: that record's site stops, named, instead of the whole sink
+RECORD_ERRORS = (ValueError, EOFError, IndexError, KeyError, TypeError, OverflowError,
+                 struct.error)
 PROGRESS_LOG_S = 30.0
 CONSUME_BATCH = 2000  # records asked of the consumer per loop turn
 
@@ -254,7 +259,7 @@ class Sink:
             tp.offset = offsets.get((tp.topic, tp.partition), OFFSET_BEGINNING)
             if site is not None:
                 stream = SiteStream(site, sites.get(site), replays.get(site))
-                stream.cloud_offset = tp.offset
+                stream.resume_at(tp.offset)
                 self.streams[(tp.topic, tp.partition)] = stream
                 if site in replays:
                     log.info("replay: applying again up to a commit LSN", extra={
@@ -304,6 +309,8 @@ class Sink:
         if stream is None:
             return  # not ours (anymore)
         offset = msg.offset()
+        if stream.expect_offset is not None:
+            stream.first_record(offset)
         value = msg.value()
         if value is None:
             stream.other(offset)
@@ -333,6 +340,12 @@ class Sink:
             if stream.begin(rec, offset):
                 log.warning("transaction cut short by a source restart; it follows again in full",
                             extra={"site": stream.site_id, "offset": offset})
+            if stream.held == 1:
+                log.error("delivery gap: a transaction before this one never arrived whole; it "
+                          "and the ones after it are held until the source sends them again",
+                          extra={"site": stream.site_id, "offset": offset,
+                                 "commit_lsn": format_lsn(rec["commit_lsn"]),
+                                 "after_lsn": format_lsn(rec["prev_end_lsn"])})
                 if self.big == key:  # its first part is in the open cloud transaction
                     self._drain()
                     self.conn.rollback()
@@ -365,10 +378,14 @@ class Sink:
                     raise KafkaException(err)
                 try:
                     self._ingest(msg)
-                except SITE_ERRORS as exc:  # this site's stream is unreadable or refused
+                except SITE_ERRORS + RECORD_ERRORS as exc:  # unreadable or refused
                     key = (msg.topic(), msg.partition())
                     if key not in self.streams:
                         raise
+                    if not isinstance(exc, SITE_ERRORS):
+                        exc = DecodeError(f"{msg.topic()}[{msg.partition()}]@{msg.offset()}: "
+                                          f"the record does not decode ({type(exc).__name__}: "
+                                          f"{exc})")
                     self._stop_site(key, exc)
             self._collect()
             if self.big is not None:

@@ -212,3 +212,162 @@ def test_a_resumed_copy_then_replayed_key_moves_of_toasted_rows_converge(
     for table, columns in TABLES.items():
         assert rows_of(p.cloud_dsn, table, columns, where_site="a") == rows_of(a, table, columns)
     p.stop()
+
+
+def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+    """Every record of a one-partition topic, in order (bounded)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topic + "-copy",
+                         "enable.auto.commit": False})
+    out: list[tuple[bytes | None, bytes | None]] = []
+    try:
+        _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        for _ in range(high + 100):
+            if len(out) >= high:
+                break
+            msg = consumer.poll(1.0)
+            if msg is not None and not msg.error():
+                out.append((msg.key(), msg.value()))
+    finally:
+        consumer.close()
+    assert len(out) == high, (topic, len(out), high)
+    return out
+
+
+def write_topic(bootstrap: str, topic: str,
+                records: list[tuple[bytes | None, bytes | None]]) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for key, value in records:
+        producer.produce(topic, value, key, 0)
+    assert producer.flush(30) == 0
+
+
+def test_a_delivery_gap_never_applies_a_later_transaction_before_an_earlier_one(
+        pipeline_factory: Callable[..., Pipeline], tmp_path: Path, unique_name) -> None:
+    """A topic as librdkafka can leave it (DESIGN: "Delivery gaps"): transaction A cut short
+    because its tail timed out, B delivered whole, then the source's next session with A and B
+    again. Built from a real source's records (two sessions of one slot, the slot put back
+    between them with pg_copy_logical_replication_slot); a fresh sink reads the doctored copy.
+    Every row of A must reach the cloud."""
+    from cdc.avro import read_fingerprint
+    from cdc.schema_store import SchemaResolver
+
+    p = pipeline_factory(sites=("a",)).start()
+    a = p.site_dsn["a"]
+    slot = load_config(p.sources["a"].config).need_site().slot_name
+    p.sync("a")
+    assert p.sources["a"].stop() == 0
+    execute(a, f"SELECT pg_copy_logical_replication_slot('{slot}', '{slot}_back')")
+    with psycopg.connect(a) as conn:  # A: two changes; B: one
+        conn.execute("INSERT INTO devices (id, name) VALUES (1001, 'a1'), (1002, 'a2')")
+    execute(a, "INSERT INTO devices (id, name) VALUES (1003, 'b')")
+    p.sources["a"].start()
+    p.sync("a")
+    assert p.sources["a"].stop() == 0
+    execute(a, f"SELECT pg_drop_replication_slot('{slot}')",  # the slot as before A: sent again
+            f"SELECT pg_copy_logical_replication_slot('{slot}_back', '{slot}')",
+            f"SELECT pg_drop_replication_slot('{slot}_back')")
+    p.sources["a"].start()
+    p.sync("a")
+    p.stop()
+
+    kafka = load_config(p.sink.config).kafka
+    resolver = SchemaResolver(kafka)
+    records = read_topic(p.kafka, kafka.site_topic("a"))
+
+    def kind(value: bytes | None) -> str:
+        return "tombstone" if value is None else resolver.get(read_fingerprint(value)).kind
+
+    def after_id(value: bytes) -> int | None:
+        after = resolver.get(read_fingerprint(value)).decode_body(value)["after"]
+        return None if after is None else after.get("id")
+
+    # the first time A and B went out: A's Begin and first change stay, its tail is lost
+    a_begin = next(i - 1 for i, (_, v) in enumerate(records)
+                   if kind(v) == "change" and after_id(v) == 1001)
+    b_begin = next(i - 1 for i, (_, v) in enumerate(records)
+                   if kind(v) == "change" and after_id(v) == 1003)
+    assert kind(records[a_begin][1]) == "begin" and kind(records[b_begin][1]) == "begin"
+    gapped = records[:a_begin + 2] + records[b_begin:]
+    assert len(gapped) < len(records)
+
+    prefix = unique_name("gap")
+    write_topic(p.kafka, f"{prefix}._schemas", read_topic(p.kafka, kafka.schema_topic))
+    write_topic(p.kafka, f"{prefix}.a", gapped)
+    cloud = p.clusters["cloud"].create_database(unique_name("cloud_gap"))
+    sink = Daemon("sink", cloud_config(tmp_path / "cloud-gap.toml", cloud, p.kafka, prefix,
+                                       unique_name("group")), tmp_path, "sink-gap").start()
+    try:
+        wait_until(lambda: count(cloud, "SELECT count(*) FROM public.sync_marker") == 3,
+                   TIMEOUT, "the doctored topic to be applied", (sink,))
+        assert rows_of(cloud, "public.devices", TABLES["public.devices"], where_site="a") == \
+            rows_of(a, "public.devices", TABLES["public.devices"])
+        assert "delivery gap" in sink.log()
+    finally:
+        sink.stop()
+
+
+def test_records_deleted_by_retention_before_the_sink_read_them_stop_that_site(
+        pipeline_factory: Callable[..., Pipeline]) -> None:
+    """The stored offset is gone from Kafka: the sink must not move past it silently."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    from tests.integration.test_operations import cdc
+
+    p = pipeline_factory().start()
+    a, b = p.site_dsn["a"], p.site_dsn["b"]
+    p.sync("a")
+    p.sync("b")
+    assert p.sink.stop() == 0
+    topic = load_config(p.sink.config).kafka.site_topic("a")
+    before = read_topic(p.kafka, topic)
+    execute(a, "INSERT INTO devices (id, name) SELECT g, 'lost' FROM generate_series(1, 50) g")
+    wait_until(lambda: len(read_topic(p.kafka, topic)) > len(before) + 50, TIMEOUT,
+               "the source to publish the inserts", tuple(p.sources.values()))
+    high = len(read_topic(p.kafka, topic))
+    # what retention does to records older than retention.ms: gone, the log starts later
+    admin = AdminClient({"bootstrap.servers": p.kafka})
+    for future in admin.delete_records([TopicPartition(topic, 0, high)]).values():
+        future.result(timeout=30)
+    execute(b, "INSERT INTO devices (id, name) VALUES (7, 'b goes on')")
+    p.sink.start()
+    p.sync("b")  # the other site flows
+    wait_until(lambda: "site a stopped" in p.sink.log(), TIMEOUT, "site a to stop", p.daemons)
+    assert "deleted (retention)" in p.sink.log()
+    assert count(p.cloud_dsn, "SELECT count(*) FROM devices WHERE site_id = 'a' AND name = 'lost'"
+                 ) == 0
+    code, out, _ = cdc("status", "--config", str(p.sink.config))
+    assert code == 1 and "retention" in out, out
+    p.stop()
+
+
+def test_a_bad_record_stops_its_own_site_and_garbage_in_the_schema_topic_stops_nobody(
+        pipeline_factory: Callable[..., Pipeline]) -> None:
+    from cdc.avro import Codec, control_schema
+    from cdc.event_builder import CONTROL_KEY
+
+    p = pipeline_factory().start()
+    p.sync("a")
+    p.sync("b")
+    kafka = load_config(p.sink.config).kafka
+    begin = Codec.of(control_schema("begin"))
+    write_topic(p.kafka, kafka.schema_topic, [(b"junk", b"{not a schema"), (b"junk2", b"\x00\xff")])
+    # a Begin whose body is cut off, on site a's topic
+    write_topic(p.kafka, kafka.site_topic("a"), [(CONTROL_KEY, begin.header + b"\x02a\xff")])
+    wait_until(lambda: "site a stopped" in p.sink.log(), TIMEOUT, "site a to stop", p.daemons)
+    assert "does not decode" in p.sink.log()
+    # site b goes on, and a new table (a schema the sink must read from the schema topic, past
+    # the junk) arrives
+    execute(p.site_dsn["b"], "CREATE TABLE fresh (id int PRIMARY KEY, v text)",
+            "INSERT INTO fresh VALUES (1, 'after the junk')")
+    execute(p.site_dsn["b"], "INSERT INTO devices (id, name) VALUES (77, 'b')")
+    p.sync("b")
+    wait_until(lambda: count(p.cloud_dsn, "SELECT count(*) FROM public.fresh") == 1, TIMEOUT,
+               "site b's new table in the cloud", p.daemons)
+    p.assert_equal("b")
+    p.stop()

@@ -214,3 +214,63 @@ def test_initial_copy_chunks_share_an_lsn_and_are_skipped_only_behind_the_stream
     s.committed(tx)
     s.begin(begin(99, xid=0), 12)  # a chunk read again on a replay: behind the stream, skipped
     assert not s.change(ins(1), 13)
+
+
+# -- the link between transactions (DESIGN: "Gaps that look like restarts") -----------------------
+def linked(lsn: int, prev: int, first: bool = False, xid: int = 1) -> dict:
+    return {**begin(lsn, xid), "prev_end_lsn": prev, "session_first": first}
+
+
+def whole(s: SiteStream, rec: dict, changes: list[Change], offset: int) -> int:
+    s.begin(rec, offset)
+    for ch in changes:
+        offset += 1
+        s.change(ch, offset)
+    s.commit(commit(rec["commit_lsn"], len(changes), rec["xid"]), offset + 1)
+    return offset + 2
+
+
+def applied_keys(s: SiteStream) -> list[int]:
+    changes, tx, _ = s.take_done()
+    s.committed(tx)
+    return [c.after["id"] for c in changes]
+
+
+def test_a_delivery_gap_holds_later_transactions_until_the_source_sends_again() -> None:
+    """Topic: Z, A.begin, A.c1 (A's tail timed out), B whole, then the source's next session:
+    A and B again. B must not be applied before A, and A must not be skipped as older."""
+    s = SiteStream("a", None)
+    o = whole(s, linked(100, 50, first=True), [ins(1)], 0)  # Z, ends at 108
+    s.begin(linked(200, 108, xid=2), o)  # A
+    s.change(ins(2), o + 1)
+    o = whole(s, linked(300, 208, xid=3), [ins(3)], o + 2)  # B cuts A short; links to A
+    assert s.held == 1
+    assert applied_keys(s) == [1]  # B held
+    o = whole(s, linked(200, 108, first=True, xid=2), [ins(2), ins(22)], o)  # A again
+    o = whole(s, linked(300, 208, xid=3), [ins(3)], o)  # B again
+    assert applied_keys(s) == [2, 22, 3] and s.held == 0
+
+
+def test_a_new_session_from_the_slots_confirmed_point_is_redelivery() -> None:
+    s = SiteStream("a", None)
+    o = whole(s, linked(100, 50, first=True), [ins(1)], 0)
+    o = whole(s, linked(200, 108, xid=2), [ins(2)], o)
+    assert applied_keys(s) == [1, 2]
+    # the slot had confirmed only 108: 200 comes again (skipped), then 300 follows it
+    o = whole(s, linked(200, 108, first=True, xid=2), [ins(2)], o)
+    o = whole(s, linked(300, 208, xid=3), [ins(3)], o)
+    assert applied_keys(s) == [3] and s.skipped == 1
+    # an idle site's slot confirmed past the last transaction: the next session starts above
+    whole(s, linked(900, 850, first=True, xid=4), [ins(4)], o)
+    assert applied_keys(s) == [4]
+
+
+def test_a_session_starting_below_what_the_cloud_holds_with_new_transactions_stops_the_site(
+) -> None:
+    """The slot was created again, or the site restored: LSNs went backwards for one identity."""
+    from cdc.errors import ProgressError
+    s = SiteStream("a", None)
+    whole(s, linked(500, 50, first=True), [ins(1)], 0)
+    assert applied_keys(s) == [1]
+    with pytest.raises(ProgressError, match="LSNs went backwards"):
+        s.begin(linked(600, 300, first=True, xid=9), 10)
