@@ -111,11 +111,12 @@ def ensure_publication(conn: psycopg.Connection, name: str, tables: list[SiteTab
                 sql.Identifier(t.schema, t.name) for t in tables)))
         if chunks:
             parts.append(chunk_schema)
-        conn.execute(sql.SQL("CREATE PUBLICATION {} FOR {}").format(
-            sql.Identifier(name), sql.SQL(", ").join(parts)))
+        conn.execute(sql.SQL("CREATE PUBLICATION {} FOR {} WITH (publish_via_partition_root"
+                             " = true)").format(sql.Identifier(name), sql.SQL(", ").join(parts)))
         log.info("created publication", extra={"publication": name, "tables": len(tables),
                                                 "timescaledb_chunks": chunks})
         return list(tables)
+    _publish_via_root(conn, name)
     if exists[0]:
         return []  # FOR ALL TABLES: nothing to add
     if chunks and conn.execute(
@@ -143,6 +144,19 @@ def ensure_publication(conn: psycopg.Connection, name: str, tables: list[SiteTab
             log.info("dropped tables site.tables no longer selects from the publication",
                      extra={"publication": name, "dropped": [f"{s}.{t}" for s, t in unwanted]})
     return missing
+
+
+def _publish_via_root(conn: psycopg.Connection, name: str) -> None:
+    """A partitioned table is one table: its changes must arrive under its own name, as the
+    snapshot copies it, not under each partition's (a publication made beforehand may lack
+    the setting; changing it needs ownership of the publication)."""
+    row = conn.execute("SELECT pubviaroot FROM pg_publication WHERE pubname = %s",
+                       (name,)).fetchone()
+    if row is not None and not row[0]:
+        conn.execute(sql.SQL("ALTER PUBLICATION {} SET (publish_via_partition_root = true)")
+                     .format(sql.Identifier(name)))
+        log.info("publication now publishes partitions as their partitioned table",
+                 extra={"publication": name})
 
 
 def timescaledb_version(conn: psycopg.Connection) -> str | None:
