@@ -108,6 +108,9 @@ class TimescaleFilter:
                 self._open.discard(what)
             return None
         if kind is Truncate:
+            if self._open:  # TimescaleDB's own truncate of a chunk it (de)compresses
+                self.dropped_changes += 1
+                return None
             oids = tuple(o for o in msg.relation_oids if o not in self._dropped)  # type: ignore[attr-defined]
             if not oids:
                 return None

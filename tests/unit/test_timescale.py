@@ -78,3 +78,16 @@ def test_chunks_of_one_hypertable_share_one_event_schema() -> None:
                  if s.get("tributary.kind") == "change" and s["pg.table"] == "measurements"]
     assert len(envelopes) == 1  # three chunks, one table version
     assert envelopes[0]["pg.relid"] == 4242  # the hypertable's OID, not a chunk's
+
+
+def test_a_truncate_between_compression_markers_is_not_data() -> None:
+    """Inside ::timescaledb-(de)compression-start/-end every write is TimescaleDB's own."""
+    from cdc.pgoutput import Begin
+
+    tsf = TimescaleFilter(lambda schema, table: None)
+    chunk = 16500
+    assert tsf(Begin(100, 0, 7)) is not None
+    assert tsf(Message(True, 100, "::timescaledb-decompression-start", b"")) is None
+    assert tsf(Truncate((chunk,), False, False)) is None
+    assert tsf(Message(True, 100, "::timescaledb-decompression-end", b"")) is None
+    assert tsf(Truncate((chunk,), False, False)) == Truncate((chunk,), False, False)
