@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import psycopg
 from psycopg import sql
@@ -172,11 +172,13 @@ class Snapshots:
             self.conn.execute("SELECT pg_logical_emit_message(true, %s, %s)", (PREFIX, content))
         self._in_flight = key.qualified
 
-    def on_message(self, msg: Message, builder: Any) -> list[tuple[bytes, bytes | None]]:
-        """Our chunk message reached the stream: its rows, as ``r`` events of its transaction."""
+    def on_message(self, msg: Message, builder: Any) -> Iterator[tuple[bytes, bytes | None]]:
+        """Our chunk message reached the stream: its rows, as ``r`` events of its transaction,
+        read through a cursor a batch at a time (a table without a key is one chunk, however
+        large: it never sits in memory whole)."""
         spec = json.loads(msg.content)
         if spec.get("slot") != self.slot:
-            return []  # another source's snapshot on the same database
+            return  # another source's snapshot on the same database
         schema, table, after, last = spec["schema"], spec["table"], spec["after"], spec["last"]
         if self._in_flight == f"{schema}.{table}":
             self._in_flight = None
@@ -185,7 +187,7 @@ class Snapshots:
         except SchemaError as exc:
             log.warning("snapshot chunk of a table gone", extra={"table": f"{schema}.{table}",
                                                                  "error": str(exc)})
-            return []
+            return
         if self._before_describe is not None:
             self._before_describe(key)
         builder.handle(key.relation)  # the stream may not have described the table yet
@@ -193,32 +195,42 @@ class Snapshots:
         if last is not None:
             cond = sql.SQL("{} AND {} <= {}").format(cond, key_tuple(key), key_params(key))
             params = params + list(last)
-        cur = self.conn.cursor()
-        cur.execute(sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
-            sql.SQL(", ").join(map(sql.Identifier, key.columns)), sql.Identifier(schema, table),
-            cond, _key_cols(key)), params)
-        result = cur.pgresult  # the raw text of each value, as pgoutput prints it
-        assert result is not None
-        records: list[tuple[bytes, bytes | None]] = []
+        # equal rows need no order (and json, point, ... have none)
+        order = sql.SQL("") if key.keyless else sql.SQL(" ORDER BY {}").format(_key_cols(key))
         if key.keyless:  # copied whole in one chunk: it replaces the site's rows, never adds
-            records += builder.handle(Truncate((key.oid,), False, False))
+            yield from builder.handle(Truncate((key.oid,), False, False))
+        rows = 0
         width = len(key.columns)
-        for i in range(result.ntuples):
-            values = tuple(result.get_value(i, j) for j in range(width))
-            records += builder.snapshot_row(key.oid, values)
+        with self.conn.transaction():
+            self.conn.execute(sql.SQL("DECLARE tributary_chunk NO SCROLL CURSOR FOR SELECT {}"
+                                      " FROM {} WHERE {}{}").format(
+                sql.SQL(", ").join(map(sql.Identifier, key.columns)),
+                sql.Identifier(schema, table), cond, order), params)
+            cur = self.conn.cursor()
+            fetch = sql.SQL("FETCH {} FROM tributary_chunk").format(
+                sql.Literal(max(self.chunk_rows, 1000)))
+            while True:
+                cur.execute(fetch)
+                result = cur.pgresult  # the raw text of each value, as pgoutput prints it
+                assert result is not None
+                for i in range(result.ntuples):
+                    values = tuple(result.get_value(i, j) for j in range(width))
+                    yield from builder.snapshot_row(key.oid, values)
+                rows += result.ntuples
+                if not result.ntuples:
+                    break
         state = "done" if last is None else "running"
         row = self.conn.execute(sql.SQL(
             "UPDATE {} SET after_key = %s, rows = rows + %s, state = CASE WHEN state ="
             " 'cancelled' THEN state ELSE %s END, updated_at = now() WHERE slot = %s AND"
             " table_schema = %s AND table_name = %s RETURNING rows, state").format(PROGRESS_TABLE),
-            (last, result.ntuples, state, self.slot, schema, table)).fetchone()
+            (last, rows, state, self.slot, schema, table)).fetchone()
         now = time.monotonic()
         if state == "done" or now - self._last_log >= 10:
             self._last_log = now
             log.info("snapshot progress", extra={
-                "table": f"{schema}.{table}", "rows": row[0] if row else result.ntuples,
+                "table": f"{schema}.{table}", "rows": row[0] if row else rows,
                 "state": row[1] if row else state, "last_key": last})
-        return records
 
 
 def cancel(conn: psycopg.Connection, slot: str, schema: str, table: str) -> bool:
