@@ -24,6 +24,9 @@ from sinks.changes import Change, TableVersion
 #: a partition's offset before anything of it was applied: read from its beginning (the value
 #: of confluent_kafka.OFFSET_BEGINNING, kept so in tributary.offsets)
 FROM_BEGINNING = -2
+#: what to do when the cloud cannot be brought to a site's state from its topic
+COPY_AGAIN = ("Copy the site again: drop its slot at the site, run `cdc sink remove-site` in "
+              "the cloud, start the source")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +104,8 @@ class SiteStream:
                 f"site {self.site_id}: the cloud resumes at offset {expected} of its topic, but "
                 f"the first record Kafka has is at offset {offset}: records {expected}.."
                 f"{offset - 1} were deleted (retention) before the sink applied them, and their "
-                "changes never reached the cloud. Copy the site again (drop its slot at the site, "
-                "`cdc sink remove-site` in the cloud, start the source), and keep the topic's "
-                "retention longer than the sink may be away")
+                f"changes never reached the cloud. {COPY_AGAIN}; keep the topic's retention "
+                "longer than the sink may be away")
 
     @property
     def last_tx(self) -> AppliedTx | None:
@@ -156,8 +158,7 @@ class SiteStream:
                 f"{last.identity.slot}) sends transaction xid {rec['xid']} commit LSN "
                 f"{rec['commit_lsn']:X}, which the cloud lacks, though the cloud applied up to "
                 f"{last.end_lsn:X}: the site's LSNs went backwards (a site restored from a backup "
-                "or a slot created again). Copy the site again: drop its slot at the site, run "
-                "`cdc sink remove-site` in the cloud, start the source")
+                f"or a slot created again). {COPY_AGAIN}")
         return True  # the slot was confirmed past the last transaction while the site was idle
 
     def change(self, change: Change, offset: int) -> bool:
