@@ -76,7 +76,7 @@ class EventBuilder:
                  column_lookup: ColumnLookup | None = None,
                  framing: Framing | None = None,
                  hypertable_of: Callable[[int], Hypertable | None] | None = None,
-                 start_lsn: int = 0) -> None:
+                 start_lsn: int = 0, slot_created: bool = False) -> None:
         self.site = site
         self._framing: Framing = framing or SelfContained()
         self.relations = RelationCache(lookup, key_lookup, column_lookup, hypertable_of)
@@ -95,6 +95,7 @@ class EventBuilder:
         # the link each Begin carries: end LSN of the transaction before it in this session
         self._prev_end = start_lsn
         self._session_first = True
+        self._slot_created = slot_created  # the session streams a slot from its creation
         self._tx_prefix = b""  # Avro of source.site + source.db
         self._tx_middle = b""  # Avro of source.xid + source.commit_lsn
         self._tx_suffix = b""  # Avro of source.commit_ts + source.snapshot
@@ -173,11 +174,11 @@ class EventBuilder:
             "site": site.site_id, "system_id": site.system_id, "timeline": site.timeline,
             "slot": site.slot, "db": site.database, "xid": msg.xid,
             "commit_lsn": msg.final_lsn, "commit_ts": self._commit_ts,
-            "prev_end_lsn": self._prev_end, "session_first": self._first_of_session()}))]
+            "prev_end_lsn": self._prev_end, **self._first_of_session()}))]
 
-    def _first_of_session(self) -> bool:
+    def _first_of_session(self) -> dict[str, bool]:
         first, self._session_first = self._session_first, False
-        return first
+        return {"session_first": first, "slot_created": first and self._slot_created}
 
     def _commit_tx(self, msg: Commit) -> list[Record]:
         if not self._open:

@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from cdc.errors import ReplicationError
-from cdc.lsn import parse_lsn
+from cdc.lsn import format_lsn, parse_lsn
 from cdc.timescale import CHUNK_SCHEMA, INTERNAL_SCHEMAS, Hypertable, chunk_hypertable_id
 from cdc.type_catalog import TypeRow, describe
 from cdc.values import ColumnType, TypeLookup
@@ -243,6 +243,39 @@ def slot_state(conn: psycopg.Connection, slot: str) -> SlotState | None:
             "cdc sink remove-site first for an exact copy, or cdc verify after)")
     return SlotState(slot, parse_lsn(confirmed) if confirmed else 0,
                      parse_lsn(restart) if restart else 0, wal_status)
+
+
+_CREATED_DDL = [
+    "CREATE SCHEMA IF NOT EXISTS tributary",
+    "CREATE TABLE IF NOT EXISTS tributary.slots (slot text PRIMARY KEY, created_lsn pg_lsn NOT"
+    " NULL, created_at timestamptz NOT NULL DEFAULT now())",
+]
+
+
+def record_creation(conn: psycopg.Connection, state: SlotState) -> None:
+    """Remember where the source created its slot, at the site (``tributary.slots``)."""
+    try:
+        with conn.transaction():
+            for stmt in _CREATED_DDL:
+                conn.execute(stmt)
+            conn.execute("INSERT INTO tributary.slots (slot, created_lsn) VALUES (%s, %s)"
+                         " ON CONFLICT (slot) DO UPDATE SET created_lsn = excluded.created_lsn,"
+                         " created_at = now()", (state.name, format_lsn(state.confirmed_flush_lsn)))
+    except psycopg.errors.InsufficientPrivilege as exc:
+        log.warning("cannot record the slot's creation at the site (no CREATE on the database):"
+                    " the cloud will not be told if it is created again", extra={
+                        "slot": state.name, "error": str(exc)})
+
+
+def unused_since_creation(conn: psycopg.Connection, state: SlotState) -> bool:
+    """Whether nothing was confirmed to the slot since this source created it: its stream starts
+    at its creation point, and nothing before that point reaches the cloud through it."""
+    try:
+        row = conn.execute("SELECT created_lsn::text FROM tributary.slots WHERE slot = %s",
+                           (state.name,)).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return False
+    return row is not None and parse_lsn(row[0]) == state.confirmed_flush_lsn
 
 
 def create_slot_exporting(repl_conn: psycopg.Connection, slot: str) -> tuple[SlotState, str]:

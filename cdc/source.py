@@ -35,7 +35,8 @@ from cdc.schema_store import SchemaPublisher
 from cdc.slots import (
     ChunkCatalog, SiteTable, column_lookup, create_slot_exporting, ensure_publication,
     ensure_slot, hypertables,
-    list_tables, matches, primary_key_lookup, publication_tables, slot_state,
+    list_tables, matches, primary_key_lookup, publication_tables, record_creation, slot_state,
+    unused_since_creation,
     timescaledb_version, type_lookup,
 )
 from cdc.stream import ReplicationStream, identify_system, now_pg_us, open_replication
@@ -208,6 +209,8 @@ class Source:
                 snap = initial_copy.open_snapshot(site.dsn, exported)
             else:
                 slot = ensure_slot(repl, conn, site.slot_name)
+            if fresh_slot:
+                record_creation(conn, slot)
             chunk_filter = hypertable_facts = None
             if self._timescaledb:  # chunk changes -> their hypertable, compression dropped
                 chunks = ChunkCatalog(conn)
@@ -243,7 +246,8 @@ class Source:
                                    key_lookup=primary_key_lookup(conn),
                                    column_lookup=column_lookup(conn), framing=framing,
                                    hypertable_of=chunk_filter.hypertable_of if chunk_filter
-                                   else None, start_lsn=slot.confirmed_flush_lsn)
+                                   else None, start_lsn=slot.confirmed_flush_lsn,
+                                   slot_created=unused_since_creation(conn, slot))
             progress = SourceProgress(slot.confirmed_flush_lsn)
             producer = EventProducer(kafka, topic, progress)
             if site.snapshot == "initial":

@@ -159,6 +159,11 @@ class SiteStream:
                 f"{rec['commit_lsn']:X}, which the cloud lacks, though the cloud applied up to "
                 f"{last.end_lsn:X}: the site's LSNs went backwards (a site restored from a backup "
                 f"or a slot created again). {COPY_AGAIN}")
+        if rec.get("slot_created"):
+            raise ProgressError(
+                f"site {self.site_id}: its slot {last.identity.slot} was created again at "
+                f"{prev:X}, after the cloud applied up to {last.end_lsn:X}: the site's changes "
+                f"in between never reached the cloud. {COPY_AGAIN}")
         return True  # the slot was confirmed past the last transaction while the site was idle
 
     def change(self, change: Change, offset: int) -> bool:

@@ -371,3 +371,24 @@ def test_a_bad_record_stops_its_own_site_and_garbage_in_the_schema_topic_stops_n
                "site b's new table in the cloud", p.daemons)
     p.assert_equal("b")
     p.stop()
+
+
+def test_a_slot_created_again_without_a_snapshot_stops_the_site(
+        pipeline_factory: Callable[..., Pipeline]) -> None:
+    """snapshot = "never" and the slot dropped: the new one starts at the site's current WAL, so
+    the changes made in between can never arrive. The site stops, saying so; never silence."""
+    p = pipeline_factory(sites=("a",), site_extra='snapshot = "never"').start()
+    a = p.site_dsn["a"]
+    slot = load_config(p.sources["a"].config).need_site().slot_name
+    p.sync("a")
+    assert p.sources["a"].stop() == 0
+    execute(a, "INSERT INTO devices (id, name) VALUES (1, 'never sent')",
+            f"SELECT pg_drop_replication_slot('{slot}')")
+    p.sources["a"].start()
+    wait_until(lambda: count(a, "SELECT count(*) FROM pg_replication_slots WHERE active") == 1,
+               TIMEOUT, "the new slot", p.daemons)
+    execute(a, "INSERT INTO devices (id, name) VALUES (2, 'after the new slot')")
+    wait_until(lambda: "site a stopped" in p.sink.log(), TIMEOUT, "site a to stop", p.daemons)
+    assert "was created again" in p.sink.log()
+    assert rows_of(p.cloud_dsn, "public.devices", ["id"], where_site="a") == []  # not row 2
+    p.stop()

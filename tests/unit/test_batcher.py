@@ -274,3 +274,14 @@ def test_a_session_starting_below_what_the_cloud_holds_with_new_transactions_sto
     assert applied_keys(s) == [1]
     with pytest.raises(ProgressError, match="LSNs went backwards"):
         s.begin(linked(600, 300, first=True, xid=9), 10)
+
+
+def test_a_slot_created_again_above_what_the_cloud_holds_stops_the_site() -> None:
+    """snapshot = "never": the new slot starts at the site's current WAL; what happened between
+    the old slot's last transaction and the new slot's start never reaches the cloud."""
+    from cdc.errors import ProgressError
+    s = SiteStream("a", None)
+    whole(s, linked(500, 50, first=True), [ins(1)], 0)
+    assert applied_keys(s) == [1]
+    with pytest.raises(ProgressError, match="created again"):
+        s.begin({**linked(900, 850, first=True, xid=9), "slot_created": True}, 10)
