@@ -18,10 +18,12 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from cdc.avro import Codec, control_schema, read_fingerprint
+from cdc.avro import read_fingerprint
 from cdc.config import KafkaConfig
-from cdc.errors import ConnectionLost
+from cdc.errors import ConnectionLost, SchemaError
 from cdc.lsn import format_lsn
+from cdc.event_builder import CONTROL_KEY
+from cdc.schema_store import SchemaResolver
 from cdc.topics import client_config
 
 
@@ -53,8 +55,10 @@ def wal_went_back(last: PublishedTx | None, system_id: str, timeline: int,
 
 def last_published(kafka: KafkaConfig, topic: str, window: int = 5000,
                    timeout: float = 30.0) -> PublishedTx | None:
-    """The last Begin among the topic's final ``window`` records, or None."""
-    begin = Codec.of(control_schema("begin"))
+    """The last Begin on the topic, or None when it holds none. Read backwards from the end in
+    windows growing fourfold (the last transaction may hold millions of changes); a Begin of any
+    schema version and either framing counts (its schema resolved as the sink does)."""
+    resolver = SchemaResolver(kafka)
     consumer = Consumer(client_config(kafka, **{
         "group.id": f"tributary-tail-{uuid.uuid4().hex}", "enable.auto.commit": False,
         "enable.partition.eof": True}))
@@ -71,26 +75,42 @@ def last_published(kafka: KafkaConfig, topic: str, window: int = 5000,
                 if not unknown or time.monotonic() > deadline:
                     raise ConnectionLost(f"cannot read the end of topic {topic}: {exc}") from exc
                 time.sleep(0.2)
-        if high <= low:
-            return None
-        consumer.assign([TopicPartition(topic, 0, max(low, high - window))])
-        found: PublishedTx | None = None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    return found
-                raise ConnectionLost(f"reading topic {topic}: {msg.error()}")
-            value = msg.value()
-            if value and value[:2] == b"\xc3\x01" and read_fingerprint(value) == begin.fingerprint:
-                rec = begin.decode_body(value)
-                found = PublishedTx(rec["system_id"], rec["timeline"], rec["slot"],
-                                    rec["commit_lsn"], msg.offset())
-            if msg.offset() + 1 >= high:
+        end = high
+        while end > low:
+            start = max(low, end - window)
+            found = _last_begin(consumer, resolver, topic, start, end, timeout)
+            if found is not None:
                 return found
-        raise ConnectionLost(f"timed out reading the end of topic {topic}")
+            end, window = start, window * 4
+        return None
     finally:
         consumer.close()
+
+
+def _last_begin(consumer: Consumer, resolver: SchemaResolver, topic: str, start: int, end: int,
+                timeout: float) -> PublishedTx | None:
+    """The last Begin among the records at offsets [start, end)."""
+    consumer.assign([TopicPartition(topic, 0, start)])
+    found: PublishedTx | None = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is None:
+            continue
+        if msg.error():
+            if msg.error().code() == KafkaError._PARTITION_EOF:
+                return found
+            raise ConnectionLost(f"reading topic {topic}: {msg.error()}")
+        value = msg.value()
+        if msg.key() == CONTROL_KEY and value:
+            try:
+                codec = resolver.get(read_fingerprint(value), f"{topic}@{msg.offset()}")
+            except SchemaError:
+                codec = None  # not a record of ours: it is no Begin
+            if codec is not None and codec.kind == "begin":
+                rec = codec.decode_body(value)
+                found = PublishedTx(rec["system_id"], rec["timeline"], rec["slot"],
+                                    rec["commit_lsn"], msg.offset())
+        if msg.offset() + 1 >= end:
+            return found
+    raise ConnectionLost(f"timed out reading the end of topic {topic}")

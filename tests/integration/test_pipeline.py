@@ -189,9 +189,11 @@ def test_large_transaction_streams_through(pipeline_factory: Callable[..., Pipel
     p.stop()
 
 
+@pytest.mark.parametrize("big_last", [False, True], ids=["small-tail", "6000-change-tail"])
 def test_site_restored_from_a_file_copy_is_refused_not_skipped(
-        pipeline_factory: Callable[..., Pipeline], tmp_path: Path) -> None:
-    """A site whose WAL went back under the same identity: the source stops and says why."""
+        pipeline_factory: Callable[..., Pipeline], tmp_path: Path, big_last: bool) -> None:
+    """A site whose WAL went back under the same identity: the source stops and says why, also
+    when the topic's last transaction holds more records than one read window (5,000)."""
     import shutil
     import subprocess
     p = pipeline_factory(sites=("a",), cluster_suffix="_restore").start()
@@ -206,6 +208,12 @@ def test_site_restored_from_a_file_copy_is_refused_not_skipped(
     source.start()
     execute(a, SEED[1], SEED[1].replace("generate_series(1, 50) m", "generate_series(51, 99) m"))
     p.sync("a")
+    if big_last:  # no sync after it: this transaction is the topic's last
+        execute(a, "INSERT INTO readings SELECT 500 + g % 100, timestamptz '2030-01-01 00:00+00'"
+                   " + g * interval '1 second', g, 0 FROM generate_series(1, 6000) g")
+        wait_until(lambda: count(p.cloud_dsn, "SELECT count(*) FROM readings WHERE"
+                                              " device_id >= 500") == 6000,
+                   TIMEOUT, "the big transaction in the cloud", p.daemons)
     assert source.stop() == 0
     cluster.stop()
     shutil.rmtree(cluster.data_dir)
