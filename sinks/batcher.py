@@ -66,8 +66,12 @@ class SiteStream:
     """The state of one site's partition between cloud commits."""
 
     def __init__(self, site_id: str, applied: AppliedTx | None,
-                 replay: tuple[int, frozenset[str] | None] | None = None) -> None:
+                 replay: tuple[int, frozenset[str] | None] | None = None,
+                 earlier: dict[Identity, int] | None = None) -> None:
         self.site_id = site_id
+        # identities the site's LSNs had before (a new timeline, slot or server), each with the
+        # last commit LSN applied under it: a replay that reads them again must skip them
+        self.earlier: dict[Identity, int] = dict(earlier or {})
         # cdc replay --reapply: transactions up to this commit LSN are applied again (only the
         # chosen tables' changes when a set is given), though the cloud has them
         self.replay_until, self.replay_tables = replay if replay else (None, None)
@@ -125,6 +129,8 @@ class SiteStream:
         held = False
         if self.replay_until is not None and rec["commit_lsn"] <= self.replay_until:
             skip, only = False, self.replay_tables
+        elif last is not None and last.identity != identity and identity in self.earlier:
+            skip = self._earlier_identity(rec, identity, last)
         elif not skip and last is not None and last.identity == identity and rec["xid"] != 0:
             held = not self._linked(rec, last)
         self.open = _OpenTx(identity, rec["xid"], rec["commit_lsn"], rec["commit_ts"],
@@ -133,6 +139,22 @@ class SiteStream:
             self.skipped += 1
         self.held = self.held + 1 if held else 0
         return cut
+
+    def _earlier_identity(self, rec: dict[str, Any], identity: Identity,
+                          last: AppliedTx) -> bool:
+        """A transaction of an identity the site had before its current one: applied already
+        when at or below the last commit applied under it (a replay reads it again), so it is
+        skipped; a new one means that identity came back (two sources, one site id)."""
+        if rec["commit_lsn"] <= self.earlier[identity]:
+            return True
+        if rec.get("slot_created"):
+            return False  # a slot of that name made anew: a new start, above the old one
+        raise ProgressError(
+            f"site {self.site_id}: transaction xid {rec['xid']} commit LSN {rec['commit_lsn']:X}"
+            f" of system {identity.system_id}, timeline {identity.timeline}, slot "
+            f"{identity.slot}, which the site left for system {last.identity.system_id}, "
+            f"timeline {last.identity.timeline}, slot {last.identity.slot}: two sources write "
+            "this site's topic (one site id in two configs?); stop the one that should not")
 
     def _linked(self, rec: dict[str, Any], last: AppliedTx) -> bool:
         """Whether a transaction the cloud lacks may be applied after ``last``: its Begin's link
@@ -193,6 +215,9 @@ class SiteStream:
         if self.replay_until is not None and tx.commit_lsn >= self.replay_until:
             self.replay_until = self.replay_tables = None  # the replay has caught up
         if not tx.skip:
+            before = self.last_tx
+            if before is not None and before.identity != tx.identity:
+                self.earlier[before.identity] = before.commit_lsn
             self.done.extend(tx.changes)
             self.done_tx = AppliedTx(tx.identity, tx.xid, tx.commit_lsn, rec["end_lsn"],
                                      tx.commit_ts)

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from cdc.errors import Fenced
 from cdc.lsn import format_lsn, parse_lsn
@@ -69,6 +70,10 @@ _DDL = [
         site_id text NOT NULL, table_schema text NOT NULL, table_name text NOT NULL,
         relid bigint NOT NULL, PRIMARY KEY (site_id, table_schema, table_name))""").format(
         sql.Identifier(META_SCHEMA, "site_tables")),
+    # per site: the identities it had before its current one, with the last commit LSN
+    # applied under each ([{"system_id", "timeline", "slot", "commit_lsn"}])
+    sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS earlier jsonb").format(
+        sql.Identifier(META_SCHEMA, "sites")),
     # ... and which site table it is: two site tables of one site never share a cloud table
     sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS site_table text").format(
         sql.Identifier(META_SCHEMA, "site_tables")),
@@ -138,21 +143,33 @@ def save_offset(conn: psycopg.Connection, group_id: str, topic: str, partition: 
         sql.Identifier(META_SCHEMA, "offsets")), (group_id, topic, partition, next_offset))
 
 
+def load_earlier(conn: psycopg.Connection) -> dict[str, dict[Identity, int]]:
+    """Per site, its earlier identities and the last commit LSN applied under each."""
+    rows = conn.execute(sql.SQL("SELECT site_id, earlier FROM {} WHERE earlier IS NOT NULL")
+                        .format(sql.Identifier(META_SCHEMA, "sites"))).fetchall()
+    return {site: {Identity(e["system_id"], e["timeline"], e["slot"]): e["commit_lsn"]
+                   for e in earlier} for site, earlier in rows}
+
+
 def save_site(conn: psycopg.Connection, site_id: str, tx: AppliedTx,
-              site_lsn: int | None = None) -> None:
+              site_lsn: int | None = None, earlier: dict[Identity, int] | None = None) -> None:
     ts = us_to_datetime(tx.commit_ts)
+    known = None if not earlier else Jsonb([
+        {"system_id": i.system_id, "timeline": i.timeline, "slot": i.slot, "commit_lsn": lsn}
+        for i, lsn in earlier.items()])
     conn.execute(sql.SQL(
         "INSERT INTO {} AS s (site_id, system_id, timeline, slot, xid, commit_lsn, end_lsn,"
-        " commit_ts, site_lsn) VALUES (%s, %s, %s, %s, %s, %s::pg_lsn, %s::pg_lsn, %s,"
-        " %s::pg_lsn) ON CONFLICT (site_id) DO UPDATE SET system_id = EXCLUDED.system_id,"
+        " commit_ts, site_lsn, earlier) VALUES (%s, %s, %s, %s, %s, %s::pg_lsn, %s::pg_lsn, %s,"
+        " %s::pg_lsn, %s) ON CONFLICT (site_id) DO UPDATE SET system_id = EXCLUDED.system_id,"
         " timeline = EXCLUDED.timeline, slot = EXCLUDED.slot, xid = EXCLUDED.xid,"
         " commit_lsn = EXCLUDED.commit_lsn, end_lsn = EXCLUDED.end_lsn,"
         " commit_ts = EXCLUDED.commit_ts, applied_at = clock_timestamp(),"
-        " site_lsn = coalesce(EXCLUDED.site_lsn, s.site_lsn)").format(
+        " site_lsn = coalesce(EXCLUDED.site_lsn, s.site_lsn),"
+        " earlier = coalesce(EXCLUDED.earlier, s.earlier)").format(
         sql.Identifier(META_SCHEMA, "sites")),
         (site_id, tx.identity.system_id, tx.identity.timeline, tx.identity.slot, tx.xid,
          format_lsn(tx.commit_lsn), format_lsn(tx.end_lsn), ts,
-         None if site_lsn is None else format_lsn(site_lsn)))
+         None if site_lsn is None else format_lsn(site_lsn), known))
 
 
 def mark_stopped(dsn: str, site_id: str, error: str) -> None:

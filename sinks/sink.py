@@ -76,6 +76,7 @@ class _Part:
     next_offset: int | None
     final: bool = True  # False: a part of a large transaction, the cloud transaction stays open
     expected: int = FROM_BEGINNING  # the offset the cloud must still hold here (the fence)
+    earlier: dict = field(default_factory=dict)  # the site's earlier identities, when taken
     ops: dict[str, int] = field(default_factory=dict)  # changes by op, for the metrics
     commit_ts: list[int] = field(default_factory=list)  # site commit times (us) of its txs
     committed_at: float = 0.0  # cloud commit time (Unix s), set by the worker
@@ -250,6 +251,7 @@ class Sink:
                                            [(tp.topic, tp.partition) for tp in partitions])
         offsets = progress_store.load_offsets(self.conn, self.cfg.group_id)
         sites = progress_store.load_sites(self.conn)
+        earlier = progress_store.load_earlier(self.conn)
         replays = progress_store.load_replays(self.conn)
         progress_store.clear_stopped(self.conn, [
             s for s in (self.kafka.site_of_topic(tp.topic) for tp in partitions) if s])
@@ -258,7 +260,7 @@ class Sink:
             site = self.kafka.site_of_topic(tp.topic)
             tp.offset = offsets.get((tp.topic, tp.partition), OFFSET_BEGINNING)
             if site is not None:
-                stream = SiteStream(site, sites.get(site), replays.get(site))
+                stream = SiteStream(site, sites.get(site), replays.get(site), earlier.get(site))
                 stream.resume_at(tp.offset)
                 self.streams[(tp.topic, tp.partition)] = stream
                 if site in replays:
@@ -436,7 +438,8 @@ class Sink:
             changes, tx, offset = stream.take_done()
             batch.append(_Part(topic, partition, stream, plan(changes), len(changes), tx, offset,
                                ops=Counter(c.op for c in changes), commit_ts=commit_ts,
-                               replaying=stream.had_replay, expected=expected))
+                               replaying=stream.had_replay, expected=expected,
+                               earlier=dict(stream.earlier)))
         if batch:
             self.worker.submit(batch)
         self._collect()
@@ -457,7 +460,7 @@ class Sink:
                         raise _SiteFailed(part, exc) from exc
                 if part.tx is not None:
                     progress_store.save_site(conn, part.stream.site_id, part.tx,
-                                             part.stream.site_lsn)
+                                             part.stream.site_lsn, part.earlier)
                     if part.replaying:
                         progress_store.finish_replay(conn, part.stream.site_id, part.tx.commit_lsn)
                 if part.next_offset is not None:

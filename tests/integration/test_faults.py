@@ -392,3 +392,41 @@ def test_a_slot_created_again_without_a_snapshot_stops_the_site(
     assert "was created again" in p.sink.log()
     assert rows_of(p.cloud_dsn, "public.devices", ["id"], where_site="a") == []  # not row 2
     p.stop()
+
+
+def test_a_replay_after_the_slot_changed_does_not_apply_the_old_slots_transactions_again(
+        pipeline_factory: Callable[..., Pipeline]) -> None:
+    """site.slot changed (a new identity, LSNs compared afresh), then `cdc replay
+    --from-beginning`: the first slot's transactions are read again and must be skipped, not
+    applied over the newer rows."""
+    from tests.integration.test_operations import cdc
+
+    p = pipeline_factory(sites=("a",)).start()
+    a = p.site_dsn["a"]
+    execute(a, "INSERT INTO devices (id, name) VALUES (1, 'v1')",
+            "UPDATE devices SET name = 'v2' WHERE id = 1")
+    p.sync("a")
+    assert p.sources["a"].stop() == 0
+    config = p.sources["a"].config
+    old_slot = load_config(config).need_site().slot_name
+    config.write_text(config.read_text().replace(f'slot = "{old_slot}"',
+                                                 f'slot = "{old_slot}_2"'))
+    execute(a, f"SELECT pg_drop_replication_slot('{old_slot}')")
+    p.sources["a"].start()  # a new slot: its initial copy, then the stream
+    p.sync("a")
+    execute(a, "UPDATE devices SET name = 'v3' WHERE id = 1")
+    p.sync("a")
+    assert p.sink.stop() == 0
+    xmin = "SELECT xmin::text FROM devices WHERE site_id = 'a' AND id = 1"
+    with psycopg.connect(p.cloud_dsn) as conn:
+        before = conn.execute(xmin).fetchone()
+    code, out, err = cdc("replay", "--config", str(p.sink.config), "--site", "a",
+                         "--from-beginning")
+    assert code == 0, (out, err)
+    p.sink.start()
+    p.sync("a")
+    assert rows_of(p.cloud_dsn, "public.devices", ["id", "name"], where_site="a") == \
+        [("1", "v3")]
+    with psycopg.connect(p.cloud_dsn) as conn:  # skipped, not applied again (and again)
+        assert conn.execute(xmin).fetchone() == before
+    p.stop()

@@ -285,3 +285,19 @@ def test_a_slot_created_again_above_what_the_cloud_holds_stops_the_site() -> Non
     assert applied_keys(s) == [1]
     with pytest.raises(ProgressError, match="created again"):
         s.begin({**linked(900, 850, first=True, xid=9), "slot_created": True}, 10)
+
+
+def test_a_replay_skips_transactions_of_the_sites_earlier_identity() -> None:
+    """The slot (or timeline) changed: a replay from the topic's start reads the old identity's
+    transactions again, whose LSNs say nothing next to the new one's; they are skipped."""
+    from cdc.errors import ProgressError
+    s = SiteStream("a", None)
+    o = whole(s, begin(900), [ins(1)], 0)  # identity "sys" up to 900
+    o = whole(s, begin(100, system="new"), [ins(2)], o)  # a new identity, lower LSNs
+    assert applied_keys(s) == [1, 2]
+    replay = SiteStream("a", s.applied, earlier=s.earlier)  # what the cloud stored
+    o = whole(replay, begin(900), [ins(1)], o)
+    o = whole(replay, begin(100, system="new"), [ins(2)], o)
+    assert applied_keys(replay) == [] and replay.skipped == 2
+    with pytest.raises(ProgressError, match="two sources"):  # the old identity writes again
+        replay.begin(begin(1000), o)
