@@ -132,10 +132,12 @@ def status_command(config_path: str, as_json: bool) -> None:
 
     \b
     With a cloud config ([sink]): one line per site: state (applying, lagging, stopped),
-      last commit applied (LSN, site time), lag in seconds and in records on its topic, error.
+      last commit applied (LSN, site time), lag in seconds and in records on its topic, dead
+      letters not applied again, error.
     With a site config ([site]): the slot: active, wal_status, confirmed LSN, lag and retained
       WAL in bytes, bytes left before invalidation, snapshot copies under way.
-    Exit 0; 1 when a site is stopped or the slot is lost or missing.
+    Exit 0; 1 when a site is stopped or has dead letters pending, or the slot is lost or
+    missing.
     """
     config = _load(config_path, "text")
     import psycopg
@@ -145,7 +147,7 @@ def status_command(config_path: str, as_json: bool) -> None:
         if config.sink is not None:
             lines = status.cloud_status(config)
             click.echo(status.render_cloud(lines, as_json))
-            bad = any(line.state == "stopped" for line in lines)
+            bad = any(line.state == "stopped" or line.dead_letters for line in lines)
         else:
             line = status.site_status(config)
             click.echo(status.render_site(line, as_json))
@@ -174,11 +176,16 @@ def status_command(config_path: str, as_json: bool) -> None:
 @click.option("--reapply", is_flag=True,
               help="Apply the re-read transactions again (repair a damaged table); by default "
                    "those already applied stay skipped.")
+@click.option("--dead-letters", is_flag=True,
+              help="Apply the pending dead letters again (sink.dead_letter_topic), once their "
+                   "cause is fixed: each site transaction whole, in a cloud transaction of its "
+                   "own; one that fails again stays pending. Sinks may keep running.")
 @click.option("--dry-run", is_flag=True, help="Show what would be read again; change nothing.")
 def replay_command(config_path: str, sites: tuple[str, ...], tables: tuple[str, ...],
                    to_time: Any, to_offset: int | None, from_beginning: bool, reapply: bool,
-                   dry_run: bool) -> None:
-    """Rewind the sink to a time or an offset, for all sites or chosen sites and tables.
+                   dead_letters: bool, dry_run: bool) -> None:
+    """Rewind the sink to a time or an offset, for all sites or chosen sites and tables;
+    or apply the dead letters again.
 
     \b
     Stop every sink of the group first (kubectl scale deploy/tributary-sink --replicas=0); the
@@ -187,11 +194,20 @@ def replay_command(config_path: str, sites: tuple[str, ...], tables: tuple[str, 
       cdc replay --config cloud.toml --to-time 2026-11-20T00:00:00Z --dry-run
       cdc replay --config cloud.toml --site plant-a --table public.readings \\
                  --from-beginning --reapply
+      cdc replay --config cloud.toml --dead-letters --site plant-a
+    A dead letter applies as the site wrote it then: rows the site changed again since are
+    set back to that older state until their next change arrives.
     """
     from datetime import timezone
 
     from cdc import replay
     config = _load(config_path, "text")
+    if dead_letters:
+        if to_time or to_offset is not None or from_beginning or reapply or tables:
+            click.echo("cdc: --dead-letters takes only --site and --dry-run", err=True)
+            sys.exit(2)
+        _replay_dead_letters(config, list(sites), dry_run)
+        return
     if sum(x is not None and x is not False for x in (to_time, to_offset, from_beginning)) != 1:
         click.echo("cdc: give exactly one of --to-time, --to-offset, --from-beginning", err=True)
         sys.exit(2)
@@ -226,6 +242,40 @@ def replay_command(config_path: str, sites: tuple[str, ...], tables: tuple[str, 
         click.echo(f"cdc: replay refused: {str(exc).strip()}", err=True)
         sys.exit(1)
     click.echo("rewound; start the sink(s) to read again from there")
+
+
+def _replay_dead_letters(config: Config, sites: list[str], dry_run: bool) -> None:
+    import psycopg
+
+    from sinks import dead_letters as dl
+    try:
+        sink = config.need_sink()
+        with psycopg.connect(sink.dsn) as conn:
+            letters = dl.pending(conn, sites)
+        for x in letters:
+            click.echo(f"{x.site:<16} {x.topic}[{x.partition}] offsets {x.first_offset}.."
+                       f"{x.last_offset} commit LSN {x.commit_lsn} xid {x.xid} tables "
+                       f"{','.join(x.tables)}: {x.reason}")
+        if not letters:
+            click.echo("no pending dead letters" + (f" of {', '.join(sites)}" if sites else ""))
+            return
+        if dry_run:
+            click.echo(f"dry run: {len(letters)} dead letter(s) would be applied again")
+            return
+
+        def report(letter: Any, error: str | None) -> None:
+            click.echo(f"{letter.site} offsets {letter.first_offset}..{letter.last_offset}: "
+                       + ("applied" if error is None else f"failed again, still pending: {error}"))
+
+        applied, failed = dl.reapply(config, sites, report)
+    except ConfigError as exc:
+        click.echo(f"cdc: config error: {exc}", err=True)
+        sys.exit(2)
+    except (TributaryError, psycopg.Error) as exc:
+        click.echo(f"cdc: dead letters: {str(exc).strip()}", err=True)
+        sys.exit(1)
+    click.echo(f"{applied} dead letter(s) applied, {failed} still pending")
+    sys.exit(1 if failed else 0)
 
 
 @main.command("verify")

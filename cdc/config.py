@@ -154,6 +154,16 @@ class SinkConfig(_Section):
     #: per site table: "upsert" (default: a row's newest values win) or "append" (rows never
     #: change, e.g. sensor readings: an insert that meets an existing row leaves it as it is)
     table_modes: dict[str, Literal["upsert", "append"]] = {}
+    #: a site transaction the cloud cannot apply goes to this Kafka topic, whole, and its site
+    #: goes on (unset: the site stops until the cause is fixed)
+    dead_letter_topic: str | None = None
+
+    @field_validator("dead_letter_topic")
+    @classmethod
+    def _topic(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", v):
+            raise ValueError("must be a Kafka topic name: letters, digits, '.', '_' or '-'")
+        return v
 
     @field_validator("table_modes")
     @classmethod
@@ -247,6 +257,17 @@ def _apply_environ(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str
     return data
 
 
+def _dead_letters_apart(config: Config) -> Config:
+    """The dead-letter topic must not look like a site topic: the sink would read it as one."""
+    topic = config.sink.dead_letter_topic if config.sink else None
+    if topic and (config.kafka.site_of_topic(topic) or topic == config.kafka.schema_topic):
+        raise ConfigError(
+            f"{config.path}: sink.dead_letter_topic: {topic!r} would be read as a site topic "
+            f"of kafka.topic_prefix {config.kafka.topic_prefix!r}; name it e.g. "
+            f"'{config.kafka.topic_prefix}._dead_letters'")
+    return config
+
+
 def _key_of(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc)
 
@@ -268,7 +289,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     data = _apply_environ(data, environ)
     data["path"] = str(path)
     try:
-        return Config.model_validate(data)
+        return _dead_letters_apart(Config.model_validate(data))
     except ValidationError as exc:
         err = exc.errors()[0]
         key = _key_of(err["loc"])

@@ -90,6 +90,7 @@ class SinkMetrics:
     site_stopped: Gauge
     consumer_lag: Gauge
     rows_applied: Counter
+    dead_letters: Counter
     batch_seconds: Histogram
     end_to_end_seconds: Histogram
 
@@ -120,6 +121,9 @@ def sink_metrics() -> SinkMetrics:
                            ["topic", "partition"], registry=r),
         rows_applied=Counter("tributary_sink_rows_applied", "rows applied in the cloud",
                              ["site", "op"], registry=r),
+        dead_letters=Counter("tributary_sink_dead_letters",
+                             "site transactions sent to the dead-letter topic (cdc status counts "
+                             "those not yet applied again)", ["site"], registry=r),
         batch_seconds=Histogram("tributary_sink_apply_batch_seconds",
                                 "duration of one cloud apply transaction",
                                 buckets=LATENCY_BUCKETS, registry=r),

@@ -32,6 +32,7 @@ class SiteLine:
     lag_bytes: int | None  # the site's last reported WAL position - end of the last applied tx
     lag_records: int | None  # records on the site's topic after what the cloud applied
     error: str | None
+    dead_letters: int = 0  # its transactions in the dead-letter topic, not applied again
 
 
 def cloud_status(config: Config, now: datetime | None = None) -> list[SiteLine]:
@@ -49,6 +50,7 @@ def cloud_status(config: Config, now: datetime | None = None) -> list[SiteLine]:
             return []
         conn.rollback()
         errors = _site_errors(conn)
+        dead = _dead_letters(conn)
     ends = _topic_ends(config, [kafka.site_topic(s[0]) for s in sites])
     lines = []
     for site, lsn, ts, lag_bytes in sites:
@@ -61,10 +63,11 @@ def cloud_status(config: Config, now: datetime | None = None) -> list[SiteLine]:
         state = "stopped" if error else ("lagging" if lag_s > LAGGING_S else "applying")
         lines.append(SiteLine(site, state, lsn, ts.astimezone(timezone.utc).isoformat(),
                               round(lag_s, 1), None if lag_bytes is None else int(lag_bytes),
-                              lag_records, error))
+                              lag_records, error, dead.get(site, 0)))
     for site, error in errors.items():  # stopped before anything of it was applied
         if site not in {line.site for line in lines}:
-            lines.append(SiteLine(site, "stopped", None, None, None, None, None, error))
+            lines.append(SiteLine(site, "stopped", None, None, None, None, None, error,
+                                  dead.get(site, 0)))
     return lines
 
 
@@ -76,6 +79,17 @@ def _site_errors(conn: psycopg.Connection) -> dict[str, str]:
         conn.rollback()
         return {}
     return {r[0]: r[1] for r in rows}
+
+
+def _dead_letters(conn: psycopg.Connection) -> dict[str, int]:
+    """Per site, its transactions in the dead-letter topic not applied again."""
+    try:
+        rows = conn.execute("SELECT site_id, count(*) FROM tributary.dead_letters"
+                            " WHERE state = 'pending' GROUP BY site_id").fetchall()
+    except psycopg.errors.UndefinedTable:
+        conn.rollback()
+        return {}
+    return {r[0]: int(r[1]) for r in rows}
 
 
 def _topic_ends(config: Config, topics: list[str]) -> dict[str, int]:
@@ -148,14 +162,15 @@ def render_cloud(lines: list[SiteLine], as_json: bool) -> str:
     if not lines:
         return "no site has been applied in this cloud yet"
     head = f"{'SITE':<16} {'STATE':<9} {'LAST COMMIT LSN':<16} {'LAST COMMIT (UTC)':<26} " \
-           f"{'LAG S':>8} {'LAG BYTES':>12} {'LAG RECORDS':>11}  ERROR"
+           f"{'LAG S':>8} {'LAG BYTES':>12} {'LAG RECORDS':>11} {'DEAD LETTERS':>12}  ERROR"
     rows = [head]
     for x in lines:
         rows.append(f"{x.site:<16} {x.state:<9} {x.last_commit_lsn or '-':<16} "
                     f"{(x.last_commit_time or '-')[:26]:<26} "
                     f"{'-' if x.lag_seconds is None else x.lag_seconds:>8} "
                     f"{'-' if x.lag_bytes is None else x.lag_bytes:>12} "
-                    f"{'-' if x.lag_records is None else x.lag_records:>11}  {x.error or ''}")
+                    f"{'-' if x.lag_records is None else x.lag_records:>11} "
+                    f"{x.dead_letters:>12}  {x.error or ''}")
     return "\n".join(rows)
 
 

@@ -58,8 +58,23 @@ class _OpenTx:
     skip: bool
     only: frozenset[str] | None = None  # a replay of chosen tables: apply only their changes
     held: bool = False  # not linked to what the cloud holds: a delivery gap before it
+    first_offset: int = -1  # the offset of its Begin
+    dead: str | None = None  # why the cloud cannot apply it: it goes to the dead letters
     changes: list[Change] = field(default_factory=list)
     count: int = 0  # changes seen, including ones already handed out (big transactions)
+    tables: set[str] = field(default_factory=set)  # the site tables it changes
+
+
+@dataclass(frozen=True, slots=True)
+class DeadTx:
+    """A whole site transaction the cloud cannot apply: records ``first_offset`` (its Begin)
+    to ``last_offset`` (its Commit) of the site topic go to the dead-letter topic."""
+
+    first_offset: int
+    last_offset: int
+    tx: AppliedTx
+    tables: tuple[str, ...]
+    reason: str
 
 
 class SiteStream:
@@ -92,6 +107,14 @@ class SiteStream:
         self.held = 0
         self.done_commit_ts: list[int] = []  # site commit times (us) of the done transactions
         self.site_lsn: int | None = None  # the site server's WAL position (Position records)
+        self.done_first_offset: int | None = None  # the Begin of the first done transaction
+        self.done_count = 0  # complete transactions in ``done``
+        self.done_tables: set[str] = set()  # the site tables they change
+        self.dead: DeadTx | None = None  # a complete transaction for the dead letters
+        # after a failed batch of several transactions (dead letters on): until the stream is
+        # past this offset again, each transaction is applied alone, so one that fails is known
+        self.careful_until: int | None = None
+        self.read_offset = -1  # the last offset read
 
     def resume_at(self, offset: int) -> None:
         """The cloud holds this partition up to ``offset`` (FROM_BEGINNING: nothing yet)."""
@@ -134,7 +157,7 @@ class SiteStream:
         elif not skip and last is not None and last.identity == identity and rec["xid"] != 0:
             held = not self._linked(rec, last)
         self.open = _OpenTx(identity, rec["xid"], rec["commit_lsn"], rec["commit_ts"],
-                            skip or held, only, held)
+                            skip or held, only, held, offset)
         if skip:
             self.skipped += 1
         self.held = self.held + 1 if held else 0
@@ -195,10 +218,29 @@ class SiteStream:
             raise ApplyError(f"site {self.site_id}: change of {change.version.qualified} at "
                              f"offset {offset} outside a transaction (no Begin before it)")
         tx.count += 1
-        if tx.skip or (tx.only is not None and change.version.qualified not in tx.only):
+        if tx.skip or tx.dead is not None or (
+                tx.only is not None and change.version.qualified not in tx.only):
+            if tx.dead is not None:
+                tx.tables.add(change.version.qualified)
             return False
         tx.changes.append(change)
+        tx.tables.add(change.version.qualified)
         return True
+
+    def kill_open(self, reason: str) -> None:
+        """The open transaction cannot be applied: its changes are dropped as they come and at
+        its Commit it becomes :attr:`dead`, for the dead-letter topic (kept whole)."""
+        assert self.open is not None
+        self.open.dead = reason
+        self.open.changes = []
+
+    def unreadable_change(self, reason: str) -> None:
+        """A change record of the open transaction does not decode: the transaction goes to
+        the dead letters (a skipped one, applied already or held back, needs nothing)."""
+        assert self.open is not None
+        self.open.count += 1
+        if not self.open.skip and self.open.dead is None:
+            self.kill_open(reason)
 
     def commit(self, rec: dict[str, Any], offset: int) -> None:
         tx = self.open
@@ -211,16 +253,25 @@ class SiteStream:
                 f"{rec['commit_lsn']:X} has {tx.count} change records on the topic, its Commit "
                 f"says {rec['changes']}: records are missing")
         self.open = None
-        self.next_offset = offset + 1
         if self.replay_until is not None and tx.commit_lsn >= self.replay_until:
             self.replay_until = self.replay_tables = None  # the replay has caught up
+        applied = AppliedTx(tx.identity, tx.xid, tx.commit_lsn, rec["end_lsn"], tx.commit_ts)
         if not tx.skip:
             before = self.last_tx
             if before is not None and before.identity != tx.identity:
                 self.earlier[before.identity] = before.commit_lsn
+        if tx.dead is not None:  # the sink sends it to the dead letters, after what is done
+            self.dead = DeadTx(tx.first_offset, offset, applied, tuple(sorted(tx.tables)),
+                               tx.dead)
+            return
+        self.next_offset = offset + 1
+        if not tx.skip:
+            if self.done_first_offset is None:
+                self.done_first_offset = tx.first_offset
+            self.done_count += 1
+            self.done_tables |= tx.tables
             self.done.extend(tx.changes)
-            self.done_tx = AppliedTx(tx.identity, tx.xid, tx.commit_lsn, rec["end_lsn"],
-                                     tx.commit_ts)
+            self.done_tx = applied
             self.done_commit_ts.append(tx.commit_ts)
 
     def other(self, offset: int) -> None:
@@ -238,12 +289,19 @@ class SiteStream:
         """Hand out the complete transactions: their changes, the last one, the resume offset."""
         changes, tx, offset = self.done, self.done_tx, self.next_offset
         self.done, self.done_tx, self.next_offset = [], None, None
+        self.done_first_offset, self.done_count, self.done_tables = None, 0, set()
         if offset is not None:
             self.cloud_offset = offset
         self.done_commit_ts = []  # read by the sink's metrics before this call
         if tx is not None:
             self.inflight_tx = tx
         return changes, tx, offset
+
+    def buried(self, dead: DeadTx) -> None:
+        """The cloud committed the dead letter ``dead`` and moved past it."""
+        self.dead = None
+        self.applied = dead.tx
+        self.cloud_offset = dead.last_offset + 1
 
     def committed(self, tx: AppliedTx | None) -> None:
         """The cloud committed what a take_done handed out (``tx`` its last transaction)."""

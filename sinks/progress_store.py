@@ -77,6 +77,17 @@ _DDL = [
     # ... and which site table it is: two site tables of one site never share a cloud table
     sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS site_table text").format(
         sql.Identifier(META_SCHEMA, "site_tables")),
+    # site transactions sent to the dead-letter topic (sinks.dead_letters): where they came
+    # from, why, and where their copy is; 'replayed' once cdc replay --dead-letters applied one
+    sql.SQL("""CREATE TABLE IF NOT EXISTS {} (
+        site_id text NOT NULL, topic text NOT NULL, kafka_partition integer NOT NULL,
+        first_offset bigint NOT NULL, last_offset bigint NOT NULL, commit_lsn pg_lsn NOT NULL,
+        xid bigint NOT NULL, tables text[] NOT NULL, reason text NOT NULL,
+        dead_letter_topic text NOT NULL, dlt_first_offset bigint NOT NULL,
+        dlt_last_offset bigint NOT NULL, state text NOT NULL DEFAULT 'pending',
+        recorded_at timestamptz NOT NULL DEFAULT now(), replayed_at timestamptz,
+        PRIMARY KEY (site_id, topic, kafka_partition, first_offset))""").format(
+        sql.Identifier(META_SCHEMA, "dead_letters")),
 ]
 
 

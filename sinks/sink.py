@@ -24,7 +24,6 @@ from typing import Any, Callable
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from cdc.avro import read_fingerprint
 from cdc.config import Config
 from cdc.errors import ApplyError, ConnectionLost, DecodeError, Fenced, ProgressError, SchemaError
 from cdc.health import Health
@@ -32,13 +31,11 @@ from cdc.lsn import format_lsn
 from cdc.metrics import OP_NAMES, sink_metrics
 from cdc.pgsession import pinned_conninfo
 from cdc.retry import run_with_backoff
-from cdc.schema_store import SchemaResolver
 from cdc.topics import client_config, kafka_error_logger
-from sinks import progress_store
+from sinks import dead_letters, progress_store
 from sinks.applier import Applier
-from sinks.batcher import FROM_BEGINNING, AppliedTx, SiteStream, Step, plan
-from sinks.changes import TableVersion
-from sinks.decoding import EnvelopeDecoder
+from sinks.batcher import FROM_BEGINNING, AppliedTx, DeadTx, SiteStream, Step, plan
+from sinks.record_reader import RecordReader, UnreadableChange
 from sinks.tables import CloudTables
 
 log = logging.getLogger(__name__)
@@ -81,6 +78,9 @@ class _Part:
     commit_ts: list[int] = field(default_factory=list)  # site commit times (us) of its txs
     committed_at: float = 0.0  # cloud commit time (Unix s), set by the worker
     replaying: bool = False  # the site had a replay to finish when the part was taken
+    first_offset: int | None = None  # the Begin of its first transaction
+    txs: int = 0  # complete transactions in it
+    tables: tuple[str, ...] = ()  # the site tables they change
 
 
 class _SiteFailed(Exception):
@@ -165,8 +165,7 @@ class Sink:
         self.kafka = config.kafka
         self.stop = stop or threading.Event()
         self.stats = SinkStats()
-        self.registry = SchemaResolver(config.kafka)
-        self._decoders: dict[int, EnvelopeDecoder] = {}
+        self.reader = RecordReader(config.kafka)
         self.metrics = sink_metrics()
         self.health = Health()
         self.streams: dict[tuple[str, int], SiteStream] = {}
@@ -213,6 +212,9 @@ class Sink:
                 name for name, mode in cfg.table_modes.items() if mode == "append"))
             self.streams: dict[tuple[str, int], SiteStream] = {}
             self.big: tuple[str, int] | None = None  # partition whose big transaction is open
+            self._rewound: set[tuple[str, int]] = set()  # read again from the cloud's offset
+            if cfg.dead_letter_topic:
+                dead_letters.ensure(self.kafka, cfg.dead_letter_topic)
             consumer = Consumer(client_config(self.kafka, **{
                 "group.id": cfg.group_id, "enable.auto.commit": False,
                 "auto.offset.reset": "earliest", "enable.partition.eof": False,
@@ -313,32 +315,24 @@ class Sink:
         offset = msg.offset()
         if stream.expect_offset is not None:
             stream.first_record(offset)
+        stream.read_offset = offset
         value = msg.value()
         if value is None:
             stream.other(offset)
             return
-        fp = read_fingerprint(value, "")
-        decoder = self._decoders.get(fp)
-        if decoder is not None:
-            change, site = decoder.decode(value)
+        where = f"{msg.topic()}[{msg.partition()}]@{offset}"
+        kind, rec = self.reader.decode(value, where)
+        if kind == "change":
+            change, site = rec
             if site != stream.site_id:
-                raise ApplyError(f"{msg.topic()}[{msg.partition()}]@{offset}: event of site "
-                                 f"{site!r} on the topic of site {stream.site_id!r}; refusing it")
+                raise ApplyError(f"{where}: event of site {site!r} on the topic of site "
+                                 f"{stream.site_id!r}; refusing it")
             stream.change(change, offset)
             return
-        where = f"{msg.topic()}[{msg.partition()}]@{offset}"
-        codec = self.registry.get(fp, where)
-        kind = codec.kind
-        if kind == "change":
-            self._decoders[fp] = EnvelopeDecoder(codec, TableVersion.from_codec(codec))
-            self._ingest(msg)
-            return
-        rec = codec.decode_body(value)
         if kind == "begin":
             if rec["site"] != stream.site_id:
                 raise ApplyError(f"{where}: transaction of site {rec['site']!r} on the topic of "
                                  f"site {stream.site_id!r}; refusing to apply it")
-            rec["commit_ts"] = progress_store.datetime_to_us(rec["commit_ts"])
             if stream.begin(rec, offset):
                 log.warning("transaction cut short by a source restart; it follows again in full",
                             extra={"site": stream.site_id, "offset": offset})
@@ -358,6 +352,12 @@ class Sink:
             stream.other(offset)
         elif kind == "commit":
             stream.commit(rec, offset)
+            if stream.dead is not None:
+                self._bury(key, stream)
+            elif stream.careful_until is not None and stream.done_tx is not None:
+                if offset >= stream.careful_until:
+                    stream.careful_until = None
+                self._flush([key])  # alone: if it fails, the failing transaction is known
             if stream.open is None and self.big == key:
                 self._finish_big(key, stream)
         else:
@@ -372,7 +372,10 @@ class Sink:
         while not self.stop.is_set():
             beat()
             msgs = consumer.consume(num_messages=CONSUME_BATCH, timeout=0.05)
+            self._rewound.clear()
             for msg in msgs:
+                if self._rewound and (msg.topic(), msg.partition()) in self._rewound:
+                    continue  # read before the rewind: it comes again
                 err = msg.error()
                 if err is not None:
                     if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
@@ -382,12 +385,17 @@ class Sink:
                     self._ingest(msg)
                 except SITE_ERRORS + RECORD_ERRORS as exc:  # unreadable or refused
                     key = (msg.topic(), msg.partition())
-                    if key not in self.streams:
+                    stream = self.streams.get(key)
+                    if stream is None:
                         raise
+                    where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+                    if isinstance(exc, UnreadableChange) and self.cfg.dead_letter_topic and \
+                            stream.open is not None:
+                        self._kill_open(key, stream, f"{where}: {exc}", unreadable=True)
+                        continue
                     if not isinstance(exc, SITE_ERRORS):
-                        exc = DecodeError(f"{msg.topic()}[{msg.partition()}]@{msg.offset()}: "
-                                          f"the record does not decode ({type(exc).__name__}: "
-                                          f"{exc})")
+                        exc = DecodeError(f"{where}: the record does not decode "
+                                          f"({type(exc).__name__}: {exc})")
                     self._stop_site(key, exc)
             self._collect()
             if self.big is not None:
@@ -427,19 +435,25 @@ class Sink:
                                     "batches": stats.batches, "applied_commit_lsn": sites,
                                     "skipped": sum(s.skipped for s in self.streams.values())})
 
-    def _flush(self) -> None:
-        """Hand every complete transaction of every site to the worker: one cloud transaction."""
+    def _flush(self, keys: list[tuple[str, int]] | None = None) -> None:
+        """Hand every complete transaction of every site (of ``keys`` only, when given) to the
+        worker: one cloud transaction."""
         batch = []
         for (topic, partition), stream in self.streams.items():
             if stream.done_tx is None and stream.next_offset is None:
                 continue
+            if keys is not None and (topic, partition) not in keys:
+                continue
             commit_ts = stream.done_commit_ts
             expected = stream.cloud_offset
+            first, txs, tables = (stream.done_first_offset, stream.done_count,
+                                  tuple(sorted(stream.done_tables)))
             changes, tx, offset = stream.take_done()
             batch.append(_Part(topic, partition, stream, plan(changes), len(changes), tx, offset,
                                ops=Counter(c.op for c in changes), commit_ts=commit_ts,
                                replaying=stream.had_replay, expected=expected,
-                               earlier=dict(stream.earlier)))
+                               earlier=dict(stream.earlier), first_offset=first, txs=txs,
+                               tables=tables))
         if batch:
             self.worker.submit(batch)
         self._collect()
@@ -520,12 +534,10 @@ class Sink:
         self.worker.drain()  # every queued batch is held now
         failed, held = self.worker.failed, self.worker.held
         self.worker.failed, self.worker.held = None, []
-        key = (failed.part.topic, failed.part.partition)
-        self._stop_site(key, failed.cause)
-        for job in [failed.batch, *held]:
-            rest = [p for p in job if (p.topic, p.partition) != key]
-            if rest:
-                self.worker.submit(rest)
+        jobs = self._part_failed(failed.part, failed.cause, [failed.batch, *held])
+        for job in jobs:
+            if job:
+                self.worker.submit(job)
         return True
 
     def _stop_site(self, key: tuple[str, int], cause: BaseException) -> None:
@@ -549,6 +561,121 @@ class Sink:
             pass
         if self.big == key:
             self._drain_connection_of_big()
+
+    # -- dead letters ------------------------------------------------------------------------
+    def _part_failed(self, part: _Part, cause: Exception,
+                     jobs: list[list[_Part]]) -> list[list[_Part]]:
+        """One site's part of a batch failed (the batch was rolled back): stop the site, or,
+        with dead letters on, send the failing transaction there. Returns the batches to
+        submit again, in order (without what cannot apply now)."""
+        key = (part.topic, part.partition)
+        stream = self.streams.get(key)
+        mine = [p for job in jobs for p in job if (p.topic, p.partition) == key]
+        drop: list[_Part] = mine  # the site's parts not to submit again
+        if not self.cfg.dead_letter_topic:
+            self._stop_site(key, cause)
+        elif stream is None or stream is not part.stream:
+            pass  # stopped, or read again from the cloud's offset meanwhile
+        elif part.final and part.txs == 1:
+            self._bury_part(key, stream, part, str(cause))
+            drop = [part]
+        elif not part.final:  # a part of a large transaction
+            final = next((p for p in mine if p.final), None)
+            if final is None:  # its Commit is still to come
+                self._kill_open(key, stream, str(cause))
+            else:  # read whole already: its last part waits among the held batches
+                self._bury_part(key, stream, final, str(cause))
+                drop = mine[:mine.index(final) + 1]
+        else:  # which of its transactions failed? read them again, one at a time
+            self._rewind(key, stream, part.expected)
+        dropped = {id(p) for p in drop}
+        return [[p for p in job if id(p) not in dropped] for job in jobs]
+
+    def _kill_open(self, key: tuple[str, int], stream: SiteStream, reason: str,
+                   unreadable: bool = False) -> None:
+        """The open transaction cannot be applied: it goes to the dead letters at its Commit
+        (what a large one already applied in this cloud transaction is rolled back)."""
+        if unreadable:
+            stream.unreadable_change(reason)
+        else:
+            stream.kill_open(reason)
+        log.error("site transaction cannot be applied; it goes to the dead letters whole",
+                  extra={"site": stream.site_id, "xid": stream.open.xid if stream.open else None,
+                         "reason": reason})
+        if self.big == key:
+            self._drain()
+            self._drain_connection_of_big()
+
+    def _bury(self, key: tuple[str, int], stream: SiteStream) -> None:
+        """A dead transaction's Commit was read: what precedes it applies first, then it goes to
+        the dead-letter topic and the cloud moves past it."""
+        self._flush()
+        self._drain()
+        dead = stream.dead
+        if dead is None or self.streams.get(key) is not stream:
+            return  # the site stopped or was read again meanwhile
+        self._dead_letter(key, stream, dead, stream.cloud_offset, dead.last_offset + 1)
+        stream.buried(dead)
+
+    def _bury_part(self, key: tuple[str, int], stream: SiteStream, part: _Part,
+                   reason: str) -> None:
+        """A part of one transaction failed: that transaction goes to the dead letters."""
+        assert part.tx is not None and part.first_offset is not None
+        assert part.next_offset is not None
+        dead = DeadTx(part.first_offset, part.next_offset - 1, part.tx, part.tables, reason)
+        self._dead_letter(key, stream, dead, part.expected, part.next_offset)
+        stream.committed(part.tx)
+
+    def _dead_letter(self, key: tuple[str, int], stream: SiteStream, dead: DeadTx,
+                     expected: int, next_offset: int) -> None:
+        """Copy the transaction's records to the dead-letter topic, then, in one cloud
+        transaction, record it and move the site and the partition past it."""
+        topic, partition = key
+        dlt = self.cfg.dead_letter_topic
+        assert dlt is not None
+        offsets = dead_letters.copy_to_topic(self.kafka, self.cfg.group_id, stream.site_id,
+                                             topic, partition, dead, dlt, self.stop.is_set)
+        conn = self.conn
+        try:
+            progress_store.claim(conn, self.cfg.group_id, topic, partition, expected)
+            dead_letters.record(conn, stream.site_id, topic, partition, dead, dlt, offsets)
+            progress_store.save_site(conn, stream.site_id, dead.tx, stream.site_lsn,
+                                     dict(stream.earlier))
+            progress_store.save_offset(conn, self.cfg.group_id, topic, partition, next_offset)
+            conn.commit()
+        except BaseException:
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                pass
+            self.applier.forget()
+            raise
+        self.metrics.dead_letters.labels(stream.site_id).inc()
+        log.error(f"site {stream.site_id}: transaction sent to dead-letter topic {dlt}: "
+                  f"{dead.reason}", extra={
+                      "site": stream.site_id, "topic": topic, "partition": partition,
+                      "first_offset": dead.first_offset, "last_offset": dead.last_offset,
+                      "commit_lsn": format_lsn(dead.tx.commit_lsn), "xid": dead.tx.xid,
+                      "tables": list(dead.tables), "dead_letter_offsets": list(offsets)})
+
+    def _rewind(self, key: tuple[str, int], stream: SiteStream, offset: int) -> None:
+        """Read a site again from what the cloud holds, one transaction per cloud transaction
+        up to where it had read, so the one that cannot be applied is found alone."""
+        sites = progress_store.load_sites(self.conn)
+        earlier = progress_store.load_earlier(self.conn)
+        replays = progress_store.load_replays(self.conn)
+        self.conn.rollback()
+        site = stream.site_id
+        again = SiteStream(site, sites.get(site), replays.get(site), earlier.get(site))
+        again.resume_at(offset)
+        again.careful_until = stream.read_offset
+        again.site_lsn = stream.site_lsn
+        self.streams[key] = again
+        self._rewound.add(key)
+        log.warning("a batch of the site failed; reading it again one transaction at a time",
+                    extra={"site": site, "from_offset": offset, "until_offset": stream.read_offset})
+        self.consumer.seek(TopicPartition(key[0], key[1],
+                                          offset if offset >= 0 else OFFSET_BEGINNING))
 
     def _drain(self) -> None:
         """Wait for the worker: after this the main thread may use the connection."""

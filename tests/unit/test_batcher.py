@@ -301,3 +301,43 @@ def test_a_replay_skips_transactions_of_the_sites_earlier_identity() -> None:
     assert applied_keys(replay) == [] and replay.skipped == 2
     with pytest.raises(ProgressError, match="two sources"):  # the old identity writes again
         replay.begin(begin(1000), o)
+
+
+def test_a_dead_transaction_keeps_nothing_and_waits_behind_the_done_ones() -> None:
+    """A transaction marked dead drops its changes, leaves the resume offset at the last done
+    one (the sink applies those first) and becomes ``dead`` with its whole offset range."""
+    s = SiteStream("a", None)
+    s.begin(begin(100), 0)
+    s.change(ins(1), 1)
+    s.commit(commit(100, 1), 2)
+    s.begin(begin(200, 2), 3)
+    s.change(ins(2), 4)
+    s.kill_open("refused")
+    s.change(ins(3), 5)
+    s.commit(commit(200, 2, 2), 6)
+    assert s.dead is not None
+    assert (s.dead.first_offset, s.dead.last_offset, s.dead.tx.commit_lsn, s.dead.reason) == \
+        (3, 6, 200, "refused")
+    assert s.dead.tables == (T2.qualified,)
+    changes, tx, offset = s.take_done()
+    assert [c.after["id"] for c in changes] == [1] and tx.commit_lsn == 100 and offset == 3
+    s.committed(tx)
+    s.buried(s.dead)
+    assert s.dead is None and s.applied.commit_lsn == 200 and s.cloud_offset == 7
+    s.begin(begin(200, 2), 7)  # sent again by a restarted source: already handled
+    assert not s.change(ins(2), 8)
+
+
+def test_an_unreadable_change_of_a_skipped_transaction_needs_nothing() -> None:
+    s = SiteStream("a", None)
+    s.begin(begin(100), 0)
+    s.commit(commit(100, 0), 1)
+    s.committed(s.take_done()[1])
+    s.begin(begin(100), 2)  # again: skipped
+    s.unreadable_change("cut")
+    s.commit(commit(100, 1), 4)  # counted: no "records are missing"
+    assert s.dead is None
+    s.begin(begin(300, 3), 5)
+    s.unreadable_change("cut")
+    s.commit(commit(300, 1, 3), 6)
+    assert s.dead is not None and s.dead.first_offset == 5 and s.dead.reason == "cut"

@@ -102,3 +102,24 @@ bootstrap_servers = "127.0.0.1:9092"
     with pytest.raises(ConfigError, match="'public.readings' and 'iot.readings' would both land "
                                           "in cloud table 'telemetry.readings'"):
         load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("topic, message", [
+    ("tributary.dead-letters", "would be read as a site topic"),
+    ("tributary._schemas", "would be read as a site topic"),
+    ("dead letters", "must be a Kafka topic name"),
+])
+def test_a_dead_letter_topic_the_sink_would_read_as_a_site_is_refused(
+        tmp_path: Path, topic: str, message: str) -> None:
+    text = f"""
+[sink]
+dsn = "host=cloud"
+dead_letter_topic = "{topic}"
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+"""
+    with pytest.raises(ConfigError, match=f"sink.dead_letter_topic: .*{message}"):
+        load_config(write(tmp_path, text))
+    ok = text.replace(topic, "tributary._dead_letters")
+    assert load_config(write(tmp_path, ok)).need_sink().dead_letter_topic == \
+        "tributary._dead_letters"
