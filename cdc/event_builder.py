@@ -25,8 +25,9 @@ from cdc.errors import DecodeError
 from cdc.pgoutput import Begin, Commit, Delete, Insert, Message, Relation, Truncate, Update, pg_us_to_unix_us
 from cdc.registry import Framing, SelfContained
 from cdc.relations import ColumnLookup, KeyLookup, RelationCache, TableInfo
-from cdc.timescale import Hypertable
-from cdc.values import TypeLookup
+from cdc.timescale import ChunkRange, ChunkTruncate, Hypertable
+from cdc.values import (KIND_DATE, KIND_INT, KIND_LONG, KIND_TIMESTAMP, KIND_TIMESTAMPTZ,
+                        TypeLookup)
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,8 @@ class EventBuilder:
             return []
         if kind is Truncate:
             return self._truncate(msg)  # type: ignore[arg-type]
+        if kind is ChunkTruncate:
+            return self._truncate(msg.truncate, msg.ranges)  # type: ignore[attr-defined]
         if kind is Message:
             return []  # logical messages carry no row changes (TimescaleDB markers: cdc.timescale)
         return []  # Origin, Type: nothing to publish
@@ -261,11 +264,44 @@ class EventBuilder:
             self._tx_suffix = suffix
         return [(codec.key_prefix + BRANCH1 + key, value)]
 
-    def _truncate(self, msg: Truncate) -> list[Record]:
+    def _truncate(self, msg: Truncate,
+                  ranges: dict[int, ChunkRange] | None = None) -> list[Record]:
+        """A ``t`` event per table. A TimescaleDB chunk's carries the chunk's time range: a
+        ``before`` row holding only the start and an ``after`` row holding only the end (both
+        absent on an unbounded side); the sink removes the site's rows in [start, end)."""
         records: list[Record] = []
         for oid in msg.relation_oids:
             codec = self._codec(oid)
             key = codec.key_prefix + NULL
-            records.append((key, self._envelope(codec, None, None, "t")))
+            chunk = ranges.get(oid) if ranges else None
+            before = after = None
+            if chunk is not None:
+                before = _bound_row(codec.info, chunk.column, chunk.start)
+                after = _bound_row(codec.info, chunk.column, chunk.end)
+            records.append((key, self._envelope(codec, before, after, "t")))
         return records
+
+
+#: TimescaleDB's internal time (Unix microseconds for these kinds) -> the Avro value
+_INTERNAL_TIME = {KIND_TIMESTAMPTZ: lambda v: v, KIND_TIMESTAMP: lambda v: v,
+                  KIND_DATE: lambda v: v // 86_400_000_000, KIND_INT: lambda v: v,
+                  KIND_LONG: lambda v: v}
+
+
+def _bound_row(info: TableInfo, column: str, bound: int | None) -> bytes | None:
+    """A row whose only value is ``bound`` in ``column`` (a chunk range's side), or None."""
+    if bound is None:
+        return None
+    parts = []
+    found = False
+    for col in info.columns:
+        if col.name == column and col.kind in _INTERNAL_TIME:
+            parts.append(BRANCH1 + zigzag(_INTERNAL_TIME[col.kind](bound)))
+            found = True
+        else:
+            parts.append(NULL)
+    if not found:
+        raise DecodeError(f"{info.qualified}.{column}: a chunk's time column of a type the "
+                          "source cannot bound a TRUNCATE by")
+    return b"".join(parts)
 

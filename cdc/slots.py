@@ -17,11 +17,14 @@ from psycopg import sql
 
 from cdc.errors import ReplicationError
 from cdc.lsn import format_lsn, parse_lsn
-from cdc.timescale import CHUNK_SCHEMA, INTERNAL_SCHEMAS, Hypertable, chunk_hypertable_id
+from cdc.timescale import (CHUNK_SCHEMA, INTERNAL_SCHEMAS, ChunkRange, Hypertable,
+                           chunk_hypertable_id)
 from cdc.type_catalog import TypeRow, describe
 from cdc.values import ColumnType, TypeLookup
 
 log = logging.getLogger(__name__)
+
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1  # an unbounded side of a dimension slice
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +202,30 @@ class ChunkCatalog:
                " LEFT JOIN LATERAL (SELECT column_name, interval_length"
                "   FROM _timescaledb_catalog.dimension WHERE hypertable_id = h.id"
                "   AND interval_length IS NOT NULL ORDER BY id LIMIT 1) d ON true")
+
+    def chunk_range(self, schema: str, table: str) -> ChunkRange | None:
+        """The chunk's slice of its hypertable's time dimension (the one
+        :class:`Hypertable` names), or None when the catalog no longer has the chunk."""
+        # the public views: the catalog tables behind them changed shape between versions
+        row = self._conn.execute(
+            "SELECT c.primary_dimension,"
+            " CASE WHEN c.range_start IS NULL THEN c.range_start_integer"
+            "  WHEN isfinite(c.range_start)"
+            "  THEN (extract(epoch FROM c.range_start) * 1000000)::bigint END,"
+            " CASE WHEN c.range_end IS NULL THEN c.range_end_integer"
+            "  WHEN isfinite(c.range_end)"
+            "  THEN (extract(epoch FROM c.range_end) * 1000000)::bigint END,"
+            " (SELECT count(*) FROM timescaledb_information.dimensions d"
+            "  WHERE d.hypertable_schema = c.hypertable_schema"
+            "  AND d.hypertable_name = c.hypertable_name)"
+            " FROM timescaledb_information.chunks c"
+            " WHERE c.chunk_schema = %s AND c.chunk_name = %s", (schema, table)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        column, start, end, dimensions = row
+        return ChunkRange(column, None if start is None or start <= INT64_MIN else int(start),
+                          None if end is None or end >= INT64_MAX else int(end),
+                          space=int(dimensions or 0) > 1)
 
     def __call__(self, schema: str, table: str) -> Hypertable | None:
         select = self._SELECT

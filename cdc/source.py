@@ -215,7 +215,8 @@ class Source:
             if self._timescaledb:  # chunk changes -> their hypertable, compression dropped
                 chunks = ChunkCatalog(conn)
                 chunk_filter = tsf = TimescaleFilter(
-                    chunks, selected=lambda name: matches(name, site.tables, site.exclude))
+                    chunks, selected=lambda name: matches(name, site.tables, site.exclude),
+                    ranges=chunks.chunk_range)
 
                 def hypertable_facts(key: TableKey) -> None:  # a snapshot reads a hypertable
                     tsf.remember(key.oid, chunks.hypertable(key.schema, key.table))

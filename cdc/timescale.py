@@ -11,6 +11,11 @@ data. This filter sits between the decoder and the event builder:
   an internal hypertable (compressed storage) or of TimescaleDB's catalog is dropped;
 - every change between a ``-start`` marker and its ``-end`` marker is dropped, deletes included,
   and so are the markers; changes of dropped relations are dropped;
+- a TRUNCATE of a chunk concerns that chunk's rows only: it leaves as a
+  :class:`ChunkTruncate` with the chunk's time range (the event builder puts the range in the
+  truncate event, the sink deletes only the site's rows in it); a chunk whose range cannot be
+  told (dropped since, or split by a space dimension too) is left out, with a warning: the
+  cloud keeps those rows, as it keeps the rows of chunks dropped by retention;
 - everything else passes unchanged.
 
 Pure: the chunk -> hypertable map comes in through a lookup (the site catalog, or a recorded
@@ -54,6 +59,30 @@ class Hypertable:
         return f"{self.schema}.{self.table}"
 
 
+@dataclass(frozen=True, slots=True)
+class ChunkRange:
+    """A chunk's slice of its hypertable's time dimension, in TimescaleDB's internal units
+    (Unix microseconds for timestamptz, timestamp and date; the value for integer time);
+    None: unbounded on that side. ``space``: the chunk is also a slice of a space (hash)
+    dimension, so its time range holds other chunks' rows too."""
+
+    column: str
+    start: int | None
+    end: int | None
+    space: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkTruncate:
+    """A TRUNCATE that names chunks: ``ranges`` holds each chunk's (by OID) time range."""
+
+    truncate: Truncate
+    ranges: dict[int, ChunkRange]
+
+
+ChunkRangeLookup = Callable[[str, str], "ChunkRange | None"]
+"""(chunk schema, chunk table) -> its time range, or None when the catalog no longer has it."""
+
 ChunkLookup = Callable[[str, str], "Hypertable | None"]
 """(chunk schema, chunk table) -> its hypertable, or None when it is not a chunk the catalog
 knows. An internal hypertable (compressed storage) is returned as it is; the filter drops it."""
@@ -69,8 +98,11 @@ class TimescaleFilter:
     """Feeds on decoded messages in stream order; returns the message to pass on, or None."""
 
     def __init__(self, lookup: ChunkLookup,
-                 selected: Callable[[str], bool] = lambda name: True) -> None:
+                 selected: Callable[[str], bool] = lambda name: True,
+                 ranges: ChunkRangeLookup = lambda schema, table: None) -> None:
         self._lookup = lookup
+        self._ranges = ranges
+        self._chunk_names: dict[int, tuple[str, str]] = {}  # chunk OID -> its own name
         self._selected = selected
         self._dropped: set[int] = set()  # relation OIDs whose changes are not data
         self._hypertables: dict[int, Hypertable] = {}  # chunk OID -> hypertable
@@ -111,18 +143,40 @@ class TimescaleFilter:
             if self._open:  # TimescaleDB's own truncate of a chunk it (de)compresses
                 self.dropped_changes += 1
                 return None
-            oids = tuple(o for o in msg.relation_oids if o not in self._dropped)  # type: ignore[attr-defined]
-            if not oids:
-                return None
-            return msg if len(oids) == len(msg.relation_oids) else replace(  # type: ignore[attr-defined]
-                msg, relation_oids=oids)  # type: ignore[arg-type]
+            return self._truncate(msg)  # type: ignore[arg-type]
         if kind is Begin:
             self._open.clear()  # markers never span transactions
         return msg
 
+    def _truncate(self, msg: Truncate) -> Truncate | ChunkTruncate | None:
+        """Dropped relations left out; each chunk with its time range, or left out when the
+        range cannot be told (the cloud keeps its rows rather than lose a neighbour's)."""
+        oids: list[int] = []
+        ranges: dict[int, ChunkRange] = {}
+        for oid in msg.relation_oids:
+            if oid in self._dropped:
+                continue
+            if oid in self._hypertables:
+                schema, table = self._chunk_names[oid]
+                found = self._ranges(schema, table)
+                if found is None or found.space:
+                    log.warning("TRUNCATE of a chunk whose time range cannot be told (dropped "
+                                "since, or a space-partitioned hypertable): the cloud keeps "
+                                "its rows", extra={"chunk": f"{schema}.{table}",
+                                                   "hypertable": self._hypertables[oid].qualified})
+                    continue
+                ranges[oid] = found
+            oids.append(oid)
+        if not oids:
+            return None
+        if len(oids) != len(msg.relation_oids):
+            msg = replace(msg, relation_oids=tuple(oids))
+        return ChunkTruncate(msg, ranges) if ranges else msg
+
     def _relation(self, rel: Relation) -> Relation | None:
         self._dropped.discard(rel.oid)
         self._hypertables.pop(rel.oid, None)
+        self._chunk_names.pop(rel.oid, None)
         if rel.namespace not in INTERNAL_SCHEMAS:
             return rel
         hypertable = self._lookup(rel.namespace, rel.name) if rel.namespace == CHUNK_SCHEMA \
@@ -136,4 +190,5 @@ class TimescaleFilter:
             self._dropped.add(rel.oid)
             return None
         self._hypertables[rel.oid] = hypertable
+        self._chunk_names[rel.oid] = (rel.namespace, rel.name)
         return replace(rel, namespace=hypertable.schema, name=hypertable.table)

@@ -65,7 +65,7 @@ class Applier:
                 elif kind is Patch:
                     self._patch(site_id, target, step)  # type: ignore[arg-type]
                 elif kind is Truncate:
-                    self.conn.execute(q.delete_site_rows(target.ident, self.site_column), (site_id,))
+                    self._truncate(site_id, target, step)  # type: ignore[arg-type]
                 elif kind is Append:
                     columns = list(target.columns)
                     self._copy_rows(q.copy_into(target.ident, self.site_column, columns),
@@ -82,6 +82,17 @@ class Applier:
             except psycopg.Error as exc:
                 raise ApplyError(f"site {site_id}: cloud table {target.qualified}: "
                                  f"{exc}".strip()) from exc
+
+    def _truncate(self, site_id: str, target: Target, step: Truncate) -> None:
+        """The site's rows of the table; of a chunk, only those in its time range."""
+        if step.range is None:
+            self.conn.execute(q.delete_site_rows(target.ident, self.site_column), (site_id,))
+            return
+        field, start, end = step.range
+        column = target.columns_of((field,))[0]
+        self.conn.execute(q.delete_site_range(target.ident, self.site_column, column,
+                                              start is not None, end is not None),
+                          (site_id, *(v for v in (start, end) if v is not None)))
 
     def _stage(self, target: Target, columns: list[ColumnDef], role: str) -> str:
         key = (target.qualified, role, tuple((c.name, c.sql_type) for c in columns))

@@ -342,7 +342,25 @@ class Patch:
 
 @dataclass(slots=True)
 class Truncate:
+    """A site's TRUNCATE: its rows of the table; of a TimescaleDB chunk, only those whose time
+    column lies in the chunk's range (``range``: field, start or None, end or None)."""
+
     version: TableVersion
+    range: tuple[str, Any, Any] | None = None
+
+
+def chunk_range(ch: Change) -> tuple[str, Any, Any] | None:
+    """The time range a truncate event carries (a chunk's), or None (the whole table): the
+    one field set in its ``before`` (start) or ``after`` (end) row."""
+    rows = [r for r in (ch.before, ch.after) if r]
+    fields = {f for r in rows for f, v in r.items() if v is not None}
+    if not fields:
+        return None
+    if len(fields) != 1:
+        raise ApplyError(f"{ch.version.qualified}: truncate event bounded by several columns "
+                         f"({', '.join(sorted(fields))})")
+    field_ = fields.pop()
+    return (field_, (ch.before or {}).get(field_), (ch.after or {}).get(field_))
 
 
 # -- keyless tables (REPLICA IDENTITY FULL, no primary key): the table is a multiset ------------
@@ -409,7 +427,7 @@ def _plan_keyless(ch: Change, last: Step | None, steps: list[Step]) -> Step:
         last.pairs.append((ch.before, after))
         return last
     if op == "t":
-        steps.append(Truncate(version))
+        steps.append(Truncate(version, chunk_range(ch)))
         return steps[-1]
     raise ApplyError(f"{version.qualified}: unknown op {op!r}")
 
@@ -472,7 +490,7 @@ def plan(changes: list[Change]) -> list[Step]:
                 steps.append(last)
             last.keys[key] = {c.field: before[c.field] for c in version.key_columns}
         elif op == "t":
-            last = Truncate(version)
+            last = Truncate(version, chunk_range(ch))
             steps.append(last)
         else:
             raise ApplyError(f"{version.qualified}: unknown op {op!r}")

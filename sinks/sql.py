@@ -161,6 +161,19 @@ def delete_site_rows(target: sql.Identifier, site_column: str) -> sql.Composed:
     return sql.SQL("DELETE FROM {} WHERE {} = %s").format(target, sql.Identifier(site_column))
 
 
+def delete_site_range(target: sql.Identifier, site_column: str, column: ColumnDef,
+                      start: bool, end: bool) -> sql.Composed:
+    """A site's TRUNCATE of one TimescaleDB chunk: its rows with ``column`` in [start, end)
+    (parameters: site id, then the bounds present, as text of the column's type)."""
+    cond = [sql.SQL("{} = %s").format(sql.Identifier(site_column))]
+    cast = type_sql(column.sql_type, column.name)
+    if start:
+        cond.append(sql.SQL("{} >= CAST(%s AS {})").format(sql.Identifier(column.name), cast))
+    if end:
+        cond.append(sql.SQL("{} < CAST(%s AS {})").format(sql.Identifier(column.name), cast))
+    return sql.SQL("DELETE FROM {} WHERE ").format(target) + sql.SQL(" AND ").join(cond)
+
+
 def delete_moved_onto(target: sql.Identifier, site_column: str,
                       key: list[ColumnDef]) -> sql.Composed:
     """Before a partial update moves a row from one key to another: DELETE the row already at

@@ -341,3 +341,16 @@ def test_an_unreadable_change_of_a_skipped_transaction_needs_nothing() -> None:
     s.unreadable_change("cut")
     s.commit(commit(300, 1, 3), 6)
     assert s.dead is not None and s.dead.first_offset == 5 and s.dead.reason == "cut"
+
+
+def test_a_chunk_truncate_plans_a_range_and_a_table_truncate_none() -> None:
+    """The range a chunk's truncate event carries (its one set field) reaches the step."""
+    from sinks.batcher import chunk_range
+
+    bounded = Change(T2, "t", {"id": "10", "v": None}, {"id": "20", "v": None}, [])
+    assert plan([bounded])[0].range == ("id", "10", "20")
+    assert plan([Change(T2, "t", None, {"id": "20", "v": None}, [])])[0].range == \
+        ("id", None, "20")
+    assert plan([Change(T2, "t", None, None, [])])[0].range is None
+    with pytest.raises(ApplyError, match="several columns"):
+        chunk_range(Change(T2, "t", {"id": "1", "v": "x"}, None, []))

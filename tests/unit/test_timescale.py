@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
-from cdc.pgoutput import Delete, Insert, Message, Relation, Truncate, Update, decode_message
-from cdc.timescale import Hypertable, TimescaleFilter, chunk_hypertable_id
+from fastavro import parse_schema, schemaless_reader
+
+from cdc.avro import read_fingerprint
+from cdc.event_builder import EventBuilder
+from cdc.pgoutput import (Begin, Delete, Insert, Message, Relation, Truncate, Update,
+                          decode_message)
+from cdc.timescale import (ChunkRange, ChunkTruncate, Hypertable, TimescaleFilter,
+                           chunk_hypertable_id)
+from tests.unit.test_event_builder import SITE
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "fixtures" / "timescaledb-2.28.3"
@@ -60,8 +69,6 @@ def test_chunk_names_carry_their_hypertable_id() -> None:
 
 
 def test_chunks_of_one_hypertable_share_one_event_schema() -> None:
-    from cdc.event_builder import EventBuilder
-    from tests.unit.test_event_builder import SITE
 
     catalog = recorded_catalog()
     catalog = {k: Hypertable(h.schema, h.table, 4242 if h.table == "measurements" else None)
@@ -82,8 +89,6 @@ def test_chunks_of_one_hypertable_share_one_event_schema() -> None:
 
 def test_a_truncate_between_compression_markers_is_not_data() -> None:
     """Inside ::timescaledb-(de)compression-start/-end every write is TimescaleDB's own."""
-    from cdc.pgoutput import Begin
-
     tsf = TimescaleFilter(lambda schema, table: None)
     chunk = 16500
     assert tsf(Begin(100, 0, 7)) is not None
@@ -91,3 +96,44 @@ def test_a_truncate_between_compression_markers_is_not_data() -> None:
     assert tsf(Truncate((chunk,), False, False)) is None
     assert tsf(Message(True, 100, "::timescaledb-decompression-end", b"")) is None
     assert tsf(Truncate((chunk,), False, False)) == Truncate((chunk,), False, False)
+
+
+def test_a_chunk_truncate_carries_the_chunks_time_range_into_its_event() -> None:
+    """TRUNCATE of one chunk and one plain table: the chunk's event holds its range (before:
+    start, after: end, nothing else); the plain table's holds none; a chunk whose range cannot
+    be told (dropped, or sliced by a space dimension too) is left out."""
+    messages = [decode_message(bytes.fromhex(json.loads(line)["payload"]))
+                for line in (FIXTURE / "stream.jsonl").read_text().splitlines()]
+    oids = {m.name: m.oid for m in messages if isinstance(m, Relation)}
+    catalog = recorded_catalog()
+    day = 86_400_000_000
+    ranges = {"_hyper_7_15_chunk": ChunkRange("ts", 1_767_225_600_000_000,
+                                              1_767_225_600_000_000 + day),
+              "_hyper_7_17_chunk": ChunkRange("ts", 0, day, space=True)}
+    tsf = TimescaleFilter(lambda schema, table: catalog.get((schema, table)),
+                          ranges=lambda schema, table: ranges.get(table))
+    schemas: dict[int, dict] = {}
+    builder = EventBuilder(SITE, on_new_schema=lambda c: schemas.__setitem__(c.fingerprint,
+                                                                             c.schema))
+    for msg in messages:
+        out = tsf(msg)
+        if out is not None:
+            builder.handle(out)
+    builder.handle(tsf(Begin(1 << 40, 0, 99)))
+    out = tsf(Truncate((oids["_hyper_7_15_chunk"], oids["_hyper_7_16_chunk"],
+                        oids["_hyper_7_17_chunk"], oids["alarms"]), False, False))
+    assert isinstance(out, ChunkTruncate)
+    # 16: no range known (dropped since); 17: a space dimension too: both left out
+    assert out.truncate.relation_oids == (oids["_hyper_7_15_chunk"], oids["alarms"])
+    records = builder.handle(out)
+    decoded = []
+    for _, value in records:
+        schema = schemas[read_fingerprint(value)]
+        decoded.append(schemaless_reader(io.BytesIO(value[10:]), parse_schema(schema)))  # after the header
+    chunk, alarms = decoded
+    assert chunk["op"] == alarms["op"] == "t"
+    assert {k: v for k, v in chunk["before"].items() if v is not None} == \
+        {"ts": datetime(2026, 1, 1, tzinfo=timezone.utc)}
+    assert {k: v for k, v in chunk["after"].items() if v is not None} == \
+        {"ts": datetime(2026, 1, 2, tzinfo=timezone.utc)}
+    assert alarms["before"] is None and alarms["after"] is None
