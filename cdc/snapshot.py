@@ -15,12 +15,21 @@ copied, rows, state), written when a chunk's message is processed. A chunk whose
 had not acknowledged before a crash comes back with the replayed stream (its message is after
 the slot's confirmed position), and the next chunk starts after the recorded key: a restart
 resumes, it does not start over. ``cdc source snapshot --cancel`` marks a table cancelled.
+
+A table without a key is a multiset: a row read after the message and changed after it too
+would arrive twice (an insert) or take an equal row with it (a delete). Its copy reads the table
+as it was at the message exactly: the message is written in a transaction that holds the
+table's SHARE lock (no writer to it can commit in between) and exports its snapshot, which a
+second connection imports and keeps until the stream reaches the message. A message whose
+snapshot this session does not hold (written before a restart) copies nothing; the table's
+next message does.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -110,8 +119,12 @@ class Snapshots:
 
     def __init__(self, conn: psycopg.Connection, slot: str, chunk_rows: int,
                  before_describe: Callable[[TableKey], None] | None = None,
-                 selected: Callable[[str], bool] = lambda name: True) -> None:
+                 selected: Callable[[str], bool] = lambda name: True,
+                 dsn: str | None = None) -> None:
         self.conn = conn
+        self._dsn = dsn  # for the connection that holds a keyless table's snapshot
+        # (table, token, connection in a transaction at the snapshot of the table's message)
+        self._held: tuple[str, str, psycopg.Connection] | None = None
         self._selected = selected  # a table no longer selected is not copied any further
         self._before_describe = before_describe  # e.g. TimescaleDB facts of a hypertable
         self.slot = slot
@@ -165,12 +178,55 @@ class Snapshots:
         # None: the rest of the table (always, for a table without a key: equal rows could
         # straddle a page's end, and a row with a NULL in it is never "after" another)
         last = list(row) if row is not None else None
+        token = os.urandom(8).hex()
         content = json.dumps({"slot": self.slot, "schema": schema, "table": table,
-                              "after": after, "last": last})
-        with self.conn.transaction():  # flushed now: sites with synchronous_commit = off
-            self.conn.execute("SET LOCAL synchronous_commit = on")  # would hold it ~200 ms
-            self.conn.execute("SELECT pg_logical_emit_message(true, %s, %s)", (PREFIX, content))
+                              "after": after, "last": last, "token": token})
+        held = None
+        try:
+            with self.conn.transaction():  # flushed now: sites with synchronous_commit = off
+                self.conn.execute("SET LOCAL synchronous_commit = on")  # would hold it ~200 ms
+                if key.keyless and self._dsn:
+                    held = self._hold_snapshot(key)
+                self.conn.execute("SELECT pg_logical_emit_message(true, %s, %s)",
+                                  (PREFIX, content))
+        except psycopg.errors.LockNotAvailable:
+            if held is not None:
+                held.close()
+            log.info("snapshot of a table without a key waits: a long transaction writes it",
+                     extra={"table": key.qualified})
+            self._idle_until = time.monotonic() + 5.0
+            return
+        except BaseException:
+            if held is not None:
+                held.close()
+            raise
+        if held is not None:
+            self.close()
+            self._held = (key.qualified, token, held)
         self._in_flight = key.qualified
+
+    def _hold_snapshot(self, key: TableKey) -> psycopg.Connection:
+        """In the message's transaction: lock the table against writers, export the snapshot,
+        and import it on a connection of its own that keeps it until the message is read."""
+        self.conn.execute("SET LOCAL lock_timeout = '5s'")
+        self.conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(
+            sql.Identifier(key.schema, key.table)))
+        row = self.conn.execute("SELECT pg_export_snapshot()").fetchone()
+        assert row is not None and self._dsn is not None
+        held = psycopg.connect(self._dsn, application_name="tributary-snapshot")
+        try:
+            held.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            held.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(row[0])))
+        except BaseException:
+            held.close()
+            raise
+        return held
+
+    def close(self) -> None:
+        """Let go of a held snapshot (the session ends; its message copies nothing then)."""
+        if self._held is not None:
+            self._held[2].close()
+            self._held = None
 
     def on_message(self, msg: Message, builder: Any) -> Iterator[tuple[bytes, bytes | None]]:
         """Our chunk message reached the stream: its rows, as ``r`` events of its transaction,
@@ -180,13 +236,22 @@ class Snapshots:
         if spec.get("slot") != self.slot:
             return  # another source's snapshot on the same database
         schema, table, after, last = spec["schema"], spec["table"], spec["after"], spec["last"]
-        if self._in_flight == f"{schema}.{table}":
+        name = f"{schema}.{table}"
+        held = None
+        if self._held is not None and self._held[1] == spec.get("token"):
+            held, self._held = self._held, None
+        waiting = self._held is not None and self._held[0] == name  # its message still comes
+        if self._in_flight == name and not waiting:
             self._in_flight = None
         try:
             key = describe_table(self.conn, schema, table)
         except SchemaError as exc:
             log.warning("snapshot chunk of a table gone", extra={"table": f"{schema}.{table}",
                                                                  "error": str(exc)})
+            return
+        if key.keyless and self._dsn and held is None:
+            log.info("snapshot message of a table without a key from before a restart: its "
+                     "next message copies it", extra={"table": key.qualified})
             return
         if self._before_describe is not None:
             self._before_describe(key)
@@ -201,24 +266,29 @@ class Snapshots:
             yield from builder.handle(Truncate((key.oid,), False, False))
         rows = 0
         width = len(key.columns)
-        with self.conn.transaction():
-            self.conn.execute(sql.SQL("DECLARE tributary_chunk NO SCROLL CURSOR FOR SELECT {}"
-                                      " FROM {} WHERE {}{}").format(
-                sql.SQL(", ").join(map(sql.Identifier, key.columns)),
-                sql.Identifier(schema, table), cond, order), params)
-            cur = self.conn.cursor()
-            fetch = sql.SQL("FETCH {} FROM tributary_chunk").format(
-                sql.Literal(max(self.chunk_rows, 1000)))
-            while True:
-                cur.execute(fetch)
-                result = cur.pgresult  # the raw text of each value, as pgoutput prints it
-                assert result is not None
-                for i in range(result.ntuples):
-                    values = tuple(result.get_value(i, j) for j in range(width))
-                    yield from builder.snapshot_row(key.oid, values)
-                rows += result.ntuples
-                if not result.ntuples:
-                    break
+        reader = held[2] if held is not None else self.conn
+        try:
+            with reader.transaction():
+                reader.execute(sql.SQL("DECLARE tributary_chunk NO SCROLL CURSOR FOR SELECT {}"
+                                       " FROM {} WHERE {}{}").format(
+                    sql.SQL(", ").join(map(sql.Identifier, key.columns)),
+                    sql.Identifier(schema, table), cond, order), params)
+                cur = reader.cursor()
+                fetch = sql.SQL("FETCH {} FROM tributary_chunk").format(
+                    sql.Literal(max(self.chunk_rows, 1000)))
+                while True:
+                    cur.execute(fetch)
+                    result = cur.pgresult  # the raw text of each value, as pgoutput prints it
+                    assert result is not None
+                    for i in range(result.ntuples):
+                        values = tuple(result.get_value(i, j) for j in range(width))
+                        yield from builder.snapshot_row(key.oid, values)
+                    rows += result.ntuples
+                    if not result.ntuples:
+                        break
+        finally:
+            if held is not None:
+                held[2].close()
         state = "done" if last is None else "running"
         row = self.conn.execute(sql.SQL(
             "UPDATE {} SET after_key = %s, rows = rows + %s, state = CASE WHEN state ="

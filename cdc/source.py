@@ -194,6 +194,7 @@ class Source:
         repl = None
         producer = None
         snap: psycopg.Connection | None = None  # the initial copy's snapshot transaction
+        snapshots: Snapshots | None = None
         try:
             self._prepare(conn)
             repl = open_replication(site.dsn)
@@ -220,11 +221,11 @@ class Source:
 
                 def hypertable_facts(key: TableKey) -> None:  # a snapshot reads a hypertable
                     tsf.remember(key.oid, chunks.hypertable(key.schema, key.table))
-            snapshots = None
             if site.snapshot == "initial":
                 snapshots = Snapshots(
                     conn, slot.name, site.snapshot_chunk_rows, hypertable_facts,
-                    selected=lambda name: matches(name, site.tables, site.exclude))
+                    selected=lambda name: matches(name, site.tables, site.exclude),
+                    dsn=pinned_conninfo(site.dsn))
                 if self._joined and not fresh_slot:
                     snapshots.request(self._joined, "joined the replicated set")
             topic = kafka.site_topic(site.id)
@@ -294,6 +295,8 @@ class Source:
                 producer.abandon()
             raise
         finally:
+            if snapshots is not None:
+                snapshots.close()
             conn.close()
             if snap is not None:
                 snap.close()

@@ -115,3 +115,41 @@ def test_a_backfill_asked_for_again_replaces_the_rows(
     wait_for(p, "public.samples", "the second backfill", state="done")
     assert_same(p)
     p.stop()
+
+
+def test_changes_while_a_backfill_of_a_table_without_key_is_in_flight_are_not_doubled(
+        pipeline_factory: Callable[..., Pipeline]) -> None:
+    """The backfill's marker goes into the stream behind a large transaction; while the source
+    works through it, the site keeps inserting equal rows and deleting one of several. Those
+    changes follow the marker in the stream: the copy must hold the table as it was at the
+    marker, or they arrive twice (inserts) or take a second equal row (deletes)."""
+    import threading
+
+    p = pipeline_factory(sites=("a",)).start()
+    a = p.site_dsn["a"]
+    execute(a, *SAMPLES, SEED)
+    wait_for(p, "public.samples", "the backfill of public.samples", state="done")
+    # a backlog the stream must read before it reaches the next marker
+    execute(a, "INSERT INTO devices (id, name) SELECT g, 'x' FROM generate_series(1, 300000) g")
+    done = subprocess.run([sys.executable, "-m", "cdc.cli", "source", "snapshot", "--config",
+                           str(p.sources["a"].config), "--table", "public.samples"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert "snapshot requested" in done.stdout, done.stderr
+    stop = threading.Event()
+
+    def churn() -> None:
+        with psycopg.connect(a, autocommit=True) as conn:
+            for n in range(400):  # bounded: ~8 s
+                if stop.is_set():
+                    return
+                conn.execute(SEED.replace("generate_series(1, 30)", "generate_series(1, 2)"))
+                conn.execute("DELETE FROM samples WHERE " + one(f"device = {n % 4}"))
+                stop.wait(0.02)
+
+    worker = threading.Thread(target=churn, daemon=True)
+    worker.start()
+    wait_for(p, "public.samples", "the second backfill", state="done")
+    stop.set()
+    worker.join(30)
+    assert_same(p)
+    p.stop()
