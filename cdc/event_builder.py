@@ -22,7 +22,8 @@ from cdc.avro import Codec, control_schema, envelope_schema, key_schema
 from cdc.avro_rows import BRANCH1, NULL, OP_BYTES, RowEncoder, text, toast_array, zigzag
 from cdc.enum_labels import enum_checks, unknown_label
 from cdc.errors import DecodeError
-from cdc.pgoutput import Begin, Commit, Delete, Insert, Message, Relation, Truncate, Update, pg_us_to_unix_us
+from cdc.pgoutput import (UNCHANGED_TOAST, Begin, Commit, Delete, Insert, Message, Relation,
+                          Truncate, Update, pg_us_to_unix_us)
 from cdc.registry import Framing, SelfContained
 from cdc.relations import ColumnLookup, KeyLookup, RelationCache, TableInfo
 from cdc.timescale import ChunkRange, ChunkTruncate, Hypertable
@@ -68,6 +69,12 @@ class _TableCodec:
         self.enums = enum_checks(info)
 
 
+UnchangedLookup = Callable[[TableInfo, dict[str, bytes], list[str]],
+                           "dict[str, bytes | None] | None"]
+"""(table, key column -> text value, columns wanted) -> each wanted column's text (None:
+NULL) in the site's row at that key now, or None when no row has that key."""
+
+
 class EventBuilder:
     """Feeds on decoded pgoutput messages of one site, returns the records to publish."""
 
@@ -77,8 +84,10 @@ class EventBuilder:
                  column_lookup: ColumnLookup | None = None,
                  framing: Framing | None = None,
                  hypertable_of: Callable[[int], Hypertable | None] | None = None,
-                 start_lsn: int = 0, slot_created: bool = False) -> None:
+                 start_lsn: int = 0, slot_created: bool = False,
+                 unchanged_lookup: "UnchangedLookup | None" = None) -> None:
         self.site = site
+        self._unchanged_lookup = unchanged_lookup
         self._framing: Framing = framing or SelfContained()
         self.relations = RelationCache(lookup, key_lookup, column_lookup, hypertable_of)
         self._codecs: dict[int, _TableCodec] = {}  # relation OID -> its current version's codec
@@ -232,16 +241,37 @@ class EventBuilder:
         codec = self._checked_codec(msg.relation_oid, msg.new, msg.old)
         toast: list[str] = []
         after, key = codec.rows.row_key(msg.new, toast)
-        key = codec.key_prefix + BRANCH1 + key
         old = msg.old
         before = old_key = None
         if old is not None:
             before, old_key = codec.rows.row_key(old, None)
+            if toast and old_key != key and not codec.info.nullable_key:
+                filled = self._fill_unchanged(codec.info, msg.new)
+                if filled is not None:
+                    toast = []
+                    after, key = codec.rows.row_key(filled, toast)
             old_key = codec.key_prefix + BRANCH1 + old_key
+        key = codec.key_prefix + BRANCH1 + key
         records: list[Record] = [(key, self._envelope(codec, before, after, "u", toast))]
         if old_key is not None and old_key != key and not codec.info.nullable_key:
             records.append((old_key, None))  # the old identity is gone: compaction forgets it
         return records
+
+    def _fill_unchanged(self, info: TableInfo, new: tuple) -> tuple | None:
+        """A key move that left TOAST values unchanged carries no value for them; the cloud may
+        not hold the row at its old key (a resumed initial copy had not reached it, and reads
+        nothing below its position), so the move alone could not make the row whole. The
+        values are read from the site's row at the new key, as it is now (later changes
+        follow in the stream); None when it is gone."""
+        if self._unchanged_lookup is None:
+            return None
+        key = {c.name: v for c, v in zip(info.columns, new) if c.is_key}
+        wanted = [c.name for c, v in zip(info.columns, new) if v is UNCHANGED_TOAST]
+        found = self._unchanged_lookup(info, key, wanted)
+        if found is None:
+            return None
+        return tuple(found[c.name] if v is UNCHANGED_TOAST else v
+                     for c, v in zip(info.columns, new))
 
     def _delete(self, msg: Delete) -> list[Record]:
         codec = self._checked_codec(msg.relation_oid, msg.old)

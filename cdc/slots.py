@@ -420,3 +420,28 @@ def column_lookup(conn: psycopg.Connection):  # -> cdc.relations.ColumnLookup
             " WHERE attrelid = %s::oid AND attnum > 0 AND NOT attisdropped", (oid,)).fetchall()
         return {r[0]: (int(r[1]), r[2]) for r in rows}
     return lookup
+
+
+def unchanged_lookup(conn: psycopg.Connection):  # -> cdc.event_builder.UnchangedLookup
+    """The text of columns a key-moving update left unchanged (TOAST), from the site's row at
+    its new key as it is now: pgoutput does not send them (see EventBuilder._fill_unchanged)."""
+    def lookup(info: Any, key: dict[str, bytes], columns: list[str]
+               ) -> dict[str, bytes | None] | None:
+        query = sql.SQL("SELECT {} FROM {} WHERE {}").format(
+            sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns),
+            sql.Identifier(info.schema, info.table),
+            sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in key))
+        with conn.cursor() as cur:
+            try:
+                cur.execute(query, [v.decode() for v in key.values()])
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:  # renamed or dropped since: the move goes as it came
+                log.warning("cannot read the values an update left unchanged", extra={
+                    "table": f"{info.schema}.{info.table}", "error": str(exc).strip()})
+                return None
+            result = cur.pgresult
+            if result is None or result.ntuples != 1:
+                return None
+            return {c: result.get_value(0, i) for i, c in enumerate(columns)}
+    return lookup

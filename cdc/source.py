@@ -36,7 +36,7 @@ from cdc.slots import (
     ChunkCatalog, SiteTable, column_lookup, create_slot_exporting, ensure_publication,
     ensure_slot, hypertables,
     list_tables, matches, primary_key_lookup, publication_tables, record_creation, slot_state,
-    unused_since_creation,
+    unchanged_lookup, unused_since_creation,
     timescaledb_version, type_lookup,
 )
 from cdc.stream import ReplicationStream, identify_system, now_pg_us, open_replication
@@ -249,7 +249,8 @@ class Source:
                                    column_lookup=column_lookup(conn), framing=framing,
                                    hypertable_of=chunk_filter.hypertable_of if chunk_filter
                                    else None, start_lsn=slot.confirmed_flush_lsn,
-                                   slot_created=unused_since_creation(conn, slot))
+                                   slot_created=unused_since_creation(conn, slot),
+                                   unchanged_lookup=unchanged_lookup(conn))
             progress = SourceProgress(slot.confirmed_flush_lsn)
             producer = EventProducer(kafka, topic, progress)
             if site.snapshot == "initial":

@@ -200,3 +200,36 @@ def test_null_key_and_binary_values_are_refused_by_name() -> None:
         b.handle(Insert(1, (None, b"x")))
     with pytest.raises(DecodeError, match="unchanged-TOAST marker outside an update"):
         b.handle(Insert(1, (b"1", UNCHANGED_TOAST)))
+
+
+def test_a_key_move_that_left_toast_unchanged_carries_the_row_read_at_the_new_key() -> None:
+    """The cloud may not hold the row at its old key (a resumed copy had not reached it): the
+    move goes whole, its unchanged values read from the site's row at the new key; without that
+    row (deleted since) it goes as it came."""
+    rel = Relation(7001, "public", "settings", "d",
+                   (Column(1, "key", 25, -1), Column(0, "value", 25, -1), Column(0, "blob", 25, -1)))
+    asked: list[tuple] = []
+    site_rows = {b"a1": {"blob": b"the blob"}}
+
+    def lookup(info: Any, key: dict[str, bytes], columns: list[str]) -> dict | None:
+        asked.append((info.qualified, key, columns))
+        return site_rows.get(key["key"])
+
+    codecs: dict[int, Codec] = {}
+    b = EventBuilder(SITE, lookup=lambda oid, typmod: "text",
+                     on_new_schema=lambda c: codecs.__setitem__(c.fingerprint, c),
+                     unchanged_lookup=lookup)
+    b.handle(rel)
+    b.handle(Begin(100, 0, 5))
+    moved = b.handle(Update(7001, (b"k1", None, None), "K", (b"a1", b"v", UNCHANGED_TOAST)))
+    gone = b.handle(Update(7001, (b"k2", None, None), "K", (b"a2", b"v", UNCHANGED_TOAST)))
+    same_key = b.handle(Update(7001, None, None, (b"a1", b"w", UNCHANGED_TOAST)))
+    _, rec = decode(codecs, moved[0][1])
+    assert rec["after"] == {"key": "a1", "value": "v", "blob": "the blob"}
+    assert rec["unchanged_toast"] == []
+    _, rec = decode(codecs, gone[0][1])
+    assert rec["after"]["blob"] is None and rec["unchanged_toast"] == ["blob"]
+    _, rec = decode(codecs, same_key[0][1])  # not a move: the sink patches the row it holds
+    assert rec["unchanged_toast"] == ["blob"]
+    assert asked == [("public.settings", {"key": b"a1"}, ["blob"]),
+                     ("public.settings", {"key": b"a2"}, ["blob"])]
