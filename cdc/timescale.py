@@ -125,7 +125,8 @@ class TimescaleFilter:
 
     def oids(self) -> set[int]:
         """Every relation OID the filter remembers something of."""
-        return self._dropped | self._hypertables.keys() | self._own.keys()
+        return (self._dropped | self._hypertables.keys() | self._chunk_names.keys()
+                | self._own.keys())
 
     def forget(self, oids: set[int]) -> None:
         """Relations the site dropped (chunks gone by retention or decompression), once the
@@ -133,6 +134,7 @@ class TimescaleFilter:
         self._dropped -= oids
         for oid in oids:
             self._hypertables.pop(oid, None)
+            self._chunk_names.pop(oid, None)
             self._own.pop(oid, None)
 
     def __call__(self, msg: object) -> object | None:

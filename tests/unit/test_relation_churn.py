@@ -89,6 +89,7 @@ def test_chunk_state_stays_bounded_and_events_stay_equal() -> None:
             cached = len(site.builder.relations)
             assert cached <= LIVE_CHUNKS + SWEEP_EVERY
             assert len(site.filter.oids()) <= LIVE_CHUNKS + SWEEP_EVERY
+            assert len(site.filter._chunk_names) <= LIVE_CHUNKS + SWEEP_EVERY
             assert len(site.builder._codecs) <= cached
     # a chunk created after all that churn (here: its OID reused) is described and encoded
     # exactly as the first one was, under the one hypertable version's schemas
