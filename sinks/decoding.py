@@ -17,7 +17,7 @@ import re
 import struct
 from typing import Any
 
-from cachetools import LRUCache
+from cachetools import FIFOCache
 from fastavro import parse_schema, schemaless_reader
 
 from cdc.avro import OPS, Codec, without_logical_types
@@ -63,9 +63,13 @@ def _skip_string(buf: bytes, pos: int) -> int:
     return pos + n
 
 
-def decoder_cache(kept: int = DECODERS_KEPT) -> "LRUCache[int, EnvelopeDecoder]":
-    """Schema fingerprint -> its decoder, the most recently used ``kept`` of them."""
-    return LRUCache(kept)
+def decoder_cache(kept: int = DECODERS_KEPT) -> "FIFOCache[int, EnvelopeDecoder]":
+    """Schema fingerprint -> its decoder, the ``kept`` built last.
+
+    First in, first out rather than least recently used: it is read once per record, and an
+    LRU's bookkeeping on every hit (cachetools' LRUCache: ~0.6 µs) would cost the sink ~2 %;
+    a decoder still in use when ``kept`` newer versions have pushed it out is built once more."""
+    return FIFOCache(kept)
 
 
 class EnvelopeDecoder:

@@ -1,8 +1,9 @@
 """The sink's caches keyed by schema version stay bounded, and an evicted entry comes back equal.
 
 Table versions only accumulate (every schema change of every site table, times every site), so
-every cache keyed by a fingerprint, a registry ID or a table shape is LRU-bounded: decoders,
-parsed schemas (schema topic and registry), prepared cloud targets, stages and COPY formatters.
+every cache keyed by a fingerprint, a registry ID or a table shape is bounded: decoders (first in,
+first out: read once per record), and LRU for parsed schemas (schema topic and registry),
+prepared cloud targets, stages and COPY formatters.
 """
 
 from __future__ import annotations
