@@ -4,6 +4,7 @@
     python -m benchmarks.pipeline --rows 200000 --tx-size 1000
     python -m benchmarks.pipeline --one-transaction    # the whole backlog in one transaction
     python -m benchmarks.pipeline --profile            # also sample the daemons with py-spy
+    python -m benchmarks.pipeline --memory             # peak RSS of each daemon (memory.py)
 
 One run starts a site and a cloud PostgreSQL cluster and a Kafka broker in a temp dir, writes a
 backlog of changes at the site behind two logical slots created at the same point, and then
@@ -481,7 +482,7 @@ class Bench(BenchBase):
         t0 = time.monotonic()
         next_report = t0 + PROGRESS_EVERY_S
         with psycopg.connect(self.site_dsn, autocommit=True) as conn:
-            done = 0
+            done = self.load_before_last(conn)
             while done < rows:
                 k = min(tx, rows - done)
                 last = done + k >= rows
@@ -524,6 +525,10 @@ class Bench(BenchBase):
             "site_table_bytes": size[0], "site_index_bytes": size[1]}  # type: ignore[index]
         say(f"backlog: {wal / 2**20:.0f} MB of WAL; last commit ends at "
             f"{format_lsn(self.end_lsn)}{'' if self.end_lsn_exact else ' (approximate)'}")
+
+    def load_before_last(self, conn: psycopg.Connection) -> int:
+        """Rows a subclass writes its own way before the transactions below (none here)."""
+        return 0
 
     def find_end_lsn(self, conn: psycopg.Connection) -> int:
         """The end LSN of the last load transaction's commit record: what the slots must reach.
@@ -901,6 +906,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile", action="store_true",
                     help="sample the source and the first sink run with py-spy (on PATH); "
                          "the figures of such a run are not comparable")
+    ap.add_argument("--memory", action="store_true",
+                    help="peak RSS of the source and the sink for one 1,000,000-row transaction "
+                         "and a burst of 100,000 one-row transactions (benchmarks/memory.py); "
+                         "--rows, --tx-size and the baselines do not apply")
     ap.add_argument("--keep", action="store_true",
                     help="keep the temp dir (data dirs, daemon logs) for inspection")
     args = ap.parse_args(argv)
@@ -915,6 +924,9 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.memory:
+        from benchmarks import memory
+        return run_bench(args, memory.MemoryCheck, "memory", memory.render)
     return run_bench(args, Bench, "pipeline", render)
 
 

@@ -18,6 +18,8 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
+from cachetools import LRUCache
+
 from cdc.avro import Codec, control_schema, envelope_schema, key_schema
 from cdc.avro_rows import BRANCH1, NULL, OP_BYTES, RowEncoder, text, toast_array, zigzag
 from cdc.enum_labels import enum_checks, unknown_label
@@ -39,6 +41,13 @@ POSITION_KEY = b"\x00tributary.position"
 
 Record = tuple[bytes, bytes | None]
 """An encoded Kafka record: (key, value); value None is a tombstone."""
+
+#: table versions whose codecs are kept beyond the relations that use them now: a schema
+#: change, or a chunk described again, finds its version without rebuilding it; an evicted one
+#: is rebuilt equal (same schema, same fingerprint) and announced again
+VERSIONS_KEPT = 256
+#: schema fingerprints known to be published; one evicted is published again (idempotent)
+ANNOUNCED_KEPT = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,14 +99,15 @@ class EventBuilder:
         self._unchanged_lookup = unchanged_lookup
         self._framing: Framing = framing or SelfContained()
         self.relations = RelationCache(lookup, key_lookup, column_lookup, hypertable_of)
-        self._codecs: dict[int, _TableCodec] = {}  # relation OID -> its current version's codec
-        self._by_info: dict[TableInfo, _TableCodec] = {}
+        # relation OID -> its current version's codec: as many as the relation cache holds
+        self._codecs: dict[int, _TableCodec] = {}
+        self._by_info: LRUCache[TableInfo, _TableCodec] = LRUCache(VERSIONS_KEPT)
         self._on_new_schema = on_new_schema
         self._begin = self._framing.codec(control_schema("begin"))
         self._commit = self._framing.codec(control_schema("commit"))
         self._position = self._framing.codec(control_schema("position"))
-        self._announced: set[int] = set()
-        self._refreshed: set[tuple[int, bytes]] = set()
+        self._announced: LRUCache[int, bool] = LRUCache(ANNOUNCED_KEPT)  # fingerprints
+        self._refreshed: set[tuple[int, bytes]] = set()  # (relation OID, enum label) re-read
         self._xid = 0
         self._commit_ts = 0
         self._seq = 0
@@ -113,15 +123,22 @@ class EventBuilder:
 
     # -- schemas ---------------------------------------------------------------------------
     def _announce(self, codec: Codec) -> None:
-        if codec.fingerprint not in self._announced:
-            self._announced.add(codec.fingerprint)
+        if self._announced.get(codec.fingerprint) is None:  # get: a hit counts as a use
             if self._on_new_schema is not None:
                 self._on_new_schema(codec)
+            self._announced[codec.fingerprint] = True
 
     def _emit_control_schemas(self) -> None:
         self._announce(self._begin)
         self._announce(self._commit)
         self._announce(self._position)
+
+    def forget(self, oids: set[int]) -> None:
+        """Relations the site dropped, once the stream is past their drop (cdc.dropped)."""
+        self.relations.forget(oids)
+        for oid in oids:
+            self._codecs.pop(oid, None)
+        self._refreshed = {r for r in self._refreshed if r[0] not in oids}
 
     def position(self, server_lsn: int, at_us: int) -> Record:
         """A Position record (between transactions): the site server's WAL position."""

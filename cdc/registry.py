@@ -22,6 +22,7 @@ import json
 import logging
 from typing import Any, Protocol
 
+from cachetools import LRUCache
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
@@ -91,12 +92,20 @@ class RegistryFraming:
         return Codec.registered(schema, schema_id)
 
 
-class RegistrySchemas:
-    """Sink side: schema ID -> Codec, fetched from the registry once."""
+#: registry schemas the sink keeps parsed; one evicted is fetched again, equal
+REGISTRY_SCHEMAS_KEPT = 1024
 
-    def __init__(self, client: SchemaRegistryClient) -> None:
+
+class RegistrySchemas:
+    """Sink side: schema ID -> Codec, fetched from the registry once while among the
+    :data:`REGISTRY_SCHEMAS_KEPT` most recently used."""
+
+    def __init__(self, client: SchemaRegistryClient, kept: int = REGISTRY_SCHEMAS_KEPT) -> None:
         self._client = client
-        self._codecs: dict[int, Codec] = {}
+        self._codecs: LRUCache[int, Codec] = LRUCache(kept)
+
+    def __len__(self) -> int:
+        return len(self._codecs)
 
     def get(self, identity: int, where: str = "") -> Codec:
         schema_id = identity - REGISTRY_ID_BASE

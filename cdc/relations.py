@@ -122,7 +122,12 @@ def table_info(rel: Relation, lookup: TypeLookup | None,
 
 
 class RelationCache:
-    """Relation OID -> the latest TableInfo the stream sent for it."""
+    """Relation OID -> the latest TableInfo the stream sent for it.
+
+    Protocol state, not a cache that may evict: pgoutput describes a relation once per session,
+    so an entry leaves only when its relation is gone from the site and the stream has passed
+    the drop (:mod:`cdc.dropped`), which keeps it bounded by the relations that exist.
+    """
 
     def __init__(self, lookup: TypeLookup | None = None,
                  key_lookup: KeyLookup | None = None,
@@ -154,6 +159,19 @@ class RelationCache:
             forget()
         self.get(oid)
         return self.update(self._messages[oid])
+
+    def oids(self) -> set[int]:
+        """The relations described so far (and not forgotten)."""
+        return set(self._tables)
+
+    def forget(self, oids: set[int]) -> None:
+        """Drop relations the site dropped, once the stream is past their drop."""
+        for oid in oids:
+            self._tables.pop(oid, None)
+            self._messages.pop(oid, None)
+
+    def __len__(self) -> int:
+        return len(self._tables)
 
     def get(self, oid: int) -> TableInfo:
         try:

@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 
+from cachetools import LRUCache
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from cdc.avro import REGISTRY_ID_BASE, Codec, schema_json
@@ -23,6 +24,9 @@ from cdc.topics import client_config, ensure_topic
 log = logging.getLogger(__name__)
 
 SCHEMA_TOPIC_CONFIG = {"cleanup.policy": "compact"}
+#: schemas the sink keeps parsed: the topic holds every version of every site table forever
+#: (compacted, never deleted); one evicted is read from the topic again, equal
+SCHEMAS_KEPT = 1024
 
 
 class SchemaPublisher:
@@ -49,17 +53,17 @@ class SchemaPublisher:
 
 
 class SchemaRegistry:
-    """Sink side: fingerprint -> Codec, read from the schema topic on demand."""
+    """Sink side: fingerprint -> Codec, read from the schema topic on demand; the most
+    recently used :data:`SCHEMAS_KEPT` stay parsed."""
 
-    def __init__(self, kafka: KafkaConfig) -> None:
+    def __init__(self, kafka: KafkaConfig, kept: int = SCHEMAS_KEPT) -> None:
         self._kafka = kafka
-        self._codecs: dict[int, Codec] = {}
+        self._codecs: LRUCache[int, Codec] = LRUCache(kept)
 
     def get(self, fp: int, where: str = "") -> Codec:
         codec = self._codecs.get(fp)
         if codec is None:
-            self.refresh()
-            codec = self._codecs.get(fp)
+            codec = self.refresh(want=fp)
             if codec is None:
                 raise SchemaError(f"{where}: schema {fp:016x} is not in topic {self._kafka.schema_topic}")
         return codec
@@ -67,8 +71,14 @@ class SchemaRegistry:
     def add(self, codec: Codec) -> None:
         self._codecs[codec.fingerprint] = codec
 
-    def refresh(self, timeout: float = 30.0) -> None:
-        """Read the schema topic from the beginning to its current end."""
+    def __len__(self) -> int:
+        return len(self._codecs)
+
+    def refresh(self, timeout: float = 30.0, want: int | None = None) -> Codec | None:
+        """Read the schema topic from the beginning to its current end; returns the schema
+        ``want`` names if the topic holds it (kept aside: the schemas read after it may push it
+        out of the cache)."""
+        found: Codec | None = None
         topic = self._kafka.schema_topic
         consumer = Consumer(client_config(self._kafka, **{
             "group.id": f"tributary-schemas-{uuid.uuid4().hex}", "enable.auto.commit": False,
@@ -80,7 +90,7 @@ class SchemaRegistry:
                 raise SchemaError(f"cannot read schema topic {topic}: {exc}") from exc
             tmeta = meta.topics.get(topic)
             if tmeta is None or tmeta.error is not None:
-                return
+                return None
             parts = [TopicPartition(topic, p, 0) for p in tmeta.partitions]
             ends = {}
             for tp in parts:
@@ -88,7 +98,7 @@ class SchemaRegistry:
                 if high > low:
                     ends[tp.partition] = high
             if not ends:
-                return
+                return None
             consumer.assign([TopicPartition(topic, p, 0) for p in ends])
             deadline = time.monotonic() + timeout
             while ends and time.monotonic() < deadline:
@@ -111,12 +121,17 @@ class SchemaRegistry:
                             "error": f"{type(exc).__name__}: {exc}"[:300]})
                         continue
                     self._codecs[codec.fingerprint] = codec
+                    if codec.fingerprint == want:
+                        found = codec
                 if msg.offset() + 1 >= ends.get(msg.partition(), 0):
                     ends.pop(msg.partition(), None)
             if ends:
                 raise SchemaError(f"timed out reading schema topic {topic}")
         finally:
             consumer.close()
+        if found is not None:
+            self._codecs[found.fingerprint] = found  # the most recently used now
+        return found
 
 
 class SchemaResolver:

@@ -410,6 +410,22 @@ def primary_key_lookup(conn: psycopg.Connection):  # -> cdc.relations.KeyLookup
     return lookup
 
 
+def dropped_relations(conn: psycopg.Connection, oids: set[int]) -> tuple[set[int], int]:
+    """Which of these relation OIDs are gone from ``pg_class``, and the site's WAL insert
+    position read after the statement's snapshot: every drop it saw committed before that
+    position (the rule of :mod:`cdc.dropped`). Only outside a transaction: an older snapshot
+    would not see relations created since, and call them gone; then nothing is reported."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return set(), 0
+    row = conn.execute(
+        "SELECT ARRAY(SELECT o FROM unnest(%s::bigint[]::oid[]) o WHERE NOT EXISTS"
+        " (SELECT 1 FROM pg_class c WHERE c.oid = o)), pg_current_wal_insert_lsn()::text",
+        (sorted(oids),)).fetchone()
+    if row is None:
+        raise ReplicationError("site catalog: no answer to the dropped-relations query")
+    return {int(o) for o in row[0]}, parse_lsn(row[1])
+
+
 def column_lookup(conn: psycopg.Connection):  # -> cdc.relations.ColumnLookup
     """Column attnums (to tell a rename from a drop and an add) and the value rows older than
     an added column read for it (``attmissingval``, set by ADD COLUMN ... DEFAULT)."""

@@ -20,6 +20,7 @@ from confluent_kafka import KafkaException
 
 from cdc import initial_copy
 from cdc.config import Config
+from cdc.dropped import DroppedRelations
 from cdc.errors import ConnectionLost, DeliveryError, ReplicationError
 from cdc.event_builder import EventBuilder, SiteIdentity
 from cdc.health import Health
@@ -33,8 +34,8 @@ from cdc.progress import SourceProgress
 from cdc.registry import Framing, RegistryFraming, SelfContained, registry_client
 from cdc.schema_store import SchemaPublisher
 from cdc.slots import (
-    ChunkCatalog, SiteTable, column_lookup, create_slot_exporting, ensure_publication,
-    ensure_slot, hypertables,
+    ChunkCatalog, SiteTable, column_lookup, create_slot_exporting, dropped_relations,
+    ensure_publication, ensure_slot, hypertables,
     list_tables, matches, primary_key_lookup, publication_tables, record_creation, slot_state,
     unchanged_lookup, unused_since_creation,
     timescaledb_version, type_lookup,
@@ -52,6 +53,8 @@ TRANSIENT = (ConnectionLost, DeliveryError, psycopg.OperationalError, KafkaExcep
 XLOGDATA, KEEPALIVE = ord("w"), ord("k")
 XLOG_HEADER = 25  # 'w' + wal_start + wal_end + send_time
 PROGRESS_LOG_S = 30.0
+#: how often the source asks the site which relations it describes were dropped (cdc.dropped)
+RELATION_SWEEP_S = 60.0
 #: logical message of an idle site's heartbeat transaction (it carries no change)
 HEARTBEAT_PREFIX = "tributary-heartbeat"
 
@@ -304,13 +307,32 @@ class Source:
             if repl is not None:
                 repl.close()
 
+    def _sweep_relations(self, conn: psycopg.Connection, builder: EventBuilder,
+                         chunk_filter: TimescaleFilter | None, dropped: DroppedRelations,
+                         received_lsn: int) -> None:
+        """Forget relations the site dropped once the stream is past their drop, and look for
+        newly dropped ones: chunks come and go on TimescaleDB sites, each with a new OID."""
+        gone = dropped.due(received_lsn)
+        if gone:
+            builder.forget(gone)
+            if chunk_filter is not None:
+                chunk_filter.forget(gone)
+            log.debug("forgot dropped relations", extra={"site": self.site.id,
+                                                         "relations": len(gone)})
+        cached = builder.relations.oids()
+        if chunk_filter is not None:
+            cached |= chunk_filter.oids()
+        if cached:
+            dropped.note(*dropped_relations(conn, cached))
+
     def _stream(self, stream: ReplicationStream, builder: EventBuilder,
                 producer: EventProducer, progress: SourceProgress,
                 conn: psycopg.Connection, chunk_filter: TimescaleFilter | None = None,
                 snapshots: Snapshots | None = None) -> None:
         interval = self.site.status_interval_s
         refresh = self.site.table_refresh_s
-        last_refresh = time.monotonic()
+        last_refresh = last_sweep = time.monotonic()
+        dropped = DroppedRelations()
         stats = self.stats
         read, decode, handle, produce = stream.read, decode_message, builder.handle, producer.produce
         poll, check = producer.poll, producer.check
@@ -387,6 +409,9 @@ class Source:
             if now - last_refresh >= refresh:
                 last_refresh = now
                 self._refresh_tables(conn, snapshots)
+            if now - last_sweep >= RELATION_SWEEP_S:
+                last_sweep = now
+                self._sweep_relations(conn, builder, chunk_filter, dropped, progress.received_lsn)
             if snapshots is not None:
                 snapshots.step()
             if now - last_log >= PROGRESS_LOG_S:

@@ -19,7 +19,10 @@ data. This filter sits between the decoder and the event builder:
 - everything else passes unchanged.
 
 Pure: the chunk -> hypertable map comes in through a lookup (the site catalog, or a recorded
-``catalog.json`` in tests).
+``catalog.json`` in tests). What it remembers per relation OID is protocol state, like the
+relation cache (a chunk's Relation message comes once per session): chunks leave it when the
+site dropped them and the stream is past the drop (:meth:`TimescaleFilter.forget`,
+:mod:`cdc.dropped`), so it holds at most the chunks that exist.
 """
 
 from __future__ import annotations
@@ -119,6 +122,20 @@ class TimescaleFilter:
         """A snapshot reads a hypertable itself: its events carry the same facts as its chunks'."""
         if hypertable is not None:
             self._own[oid] = hypertable
+
+    def oids(self) -> set[int]:
+        """Every relation OID the filter remembers something of."""
+        return (self._dropped | self._hypertables.keys() | self._chunk_names.keys()
+                | self._own.keys())
+
+    def forget(self, oids: set[int]) -> None:
+        """Relations the site dropped (chunks gone by retention or decompression), once the
+        stream is past their drop."""
+        self._dropped -= oids
+        for oid in oids:
+            self._hypertables.pop(oid, None)
+            self._chunk_names.pop(oid, None)
+            self._own.pop(oid, None)
 
     def __call__(self, msg: object) -> object | None:
         kind = type(msg)

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import psycopg
+from cachetools import LRUCache
 from psycopg import sql
 
 from cdc.errors import ApplyError
@@ -22,6 +23,10 @@ from sinks.changes import ColumnDef
 from sinks.tables import CloudTables, Target
 
 log = logging.getLogger(__name__)
+
+#: stage names and COPY formatters kept, by table shape: shapes only accumulate (every schema
+#: change); an evicted stage is created again IF NOT EXISTS (same name: named by its shape)
+SHAPES_KEPT = 256
 
 
 class Applier:
@@ -33,9 +38,10 @@ class Applier:
         self.tables = tables
         self.site_column = tables.site_column
         self.append_only = append_only  # site tables whose inserts never rewrite a row
-        self._stages: dict[tuple[str, str, tuple[str, ...]], str] = {}
+        self._stages: LRUCache[tuple[str, str, tuple[tuple[str, str], ...]], str] = \
+            LRUCache(SHAPES_KEPT)
         self._dirty: set[str] = set()  # stages holding rows in this transaction
-        self._formatters: dict[tuple, copy_text.Formatter] = {}  # per (field, type) list
+        self._formatters: LRUCache[tuple, copy_text.Formatter] = LRUCache(SHAPES_KEPT)
 
     def transaction_ended(self) -> None:
         """ON COMMIT DELETE ROWS emptied every stage (a rollback empties them too)."""
@@ -103,7 +109,7 @@ class Applier:
             name = f"_tributary_stage_{digest}"
             self.conn.execute(q.create_stage(name, target.ident, self.site_column, columns))
             self._stages[key] = name
-        elif name in self._dirty:
+        if name in self._dirty:  # rows of an earlier step (the stage may have been evicted)
             self.conn.execute(q.truncate_stage(name))
         self._dirty.add(name)
         return name

@@ -16,7 +16,7 @@ from cdc.schema_store import SchemaResolver
 from sinks import progress_store
 from sinks.batcher import SiteStream
 from sinks.changes import Change, TableVersion
-from sinks.decoding import EnvelopeDecoder
+from sinks.decoding import EnvelopeDecoder, decoder_cache
 
 
 class UnreadableChange(DecodeError):
@@ -29,7 +29,7 @@ class RecordReader:
 
     def __init__(self, kafka: KafkaConfig) -> None:
         self.registry = SchemaResolver(kafka)
-        self._decoders: dict[int, EnvelopeDecoder] = {}
+        self._decoders = decoder_cache()  # by schema fingerprint, bounded
 
     def change(self, value: bytes) -> tuple[Change, str] | None:
         """The hot path: a change of a known schema, or None (ask :meth:`decode`)."""

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, replace
 
 import psycopg
+from cachetools import LRUCache
 from psycopg import sql
 
 from cdc.errors import ApplyError
@@ -26,6 +27,10 @@ from sinks import sql as q
 from sinks.changes import ColumnDef, TableVersion
 
 log = logging.getLogger(__name__)
+
+#: prepared cloud targets kept, by (site, table version): versions only accumulate, times every
+#: site; one evicted is prepared again, as after a rollback (:meth:`CloudTables.forget`)
+TARGETS_KEPT = 1024
 
 _INT_RANK = {"smallint": 1, "integer": 2, "bigint": 3}
 _VARCHAR = re.compile(r"character varying\((\d+)\)\Z")
@@ -97,7 +102,7 @@ class CloudTables:
         self.site_column = site_column
         self.mapping = mapping
         self.create = create
-        self._ready: dict[tuple[str, int], Target] = {}
+        self._ready: LRUCache[tuple[str, int], Target] = LRUCache(TARGETS_KEPT)
         self._timescaledb: bool | None = None  # whether the cloud has the extension
 
     def forget(self) -> None:
@@ -305,8 +310,9 @@ class CloudTables:
                     (col.name, schema, table, cloud))
                 existing[col.name] = existing.pop(cloud)
                 # other sites' prepared targets name the old cloud column: prepare them again
-                self._ready = {k: t for k, t in self._ready.items()
-                               if (t.schema, t.table) != (schema, table)}
+                for k in [k for k, t in self._ready.items()
+                          if (t.schema, t.table) == (schema, table)]:
+                    del self._ready[k]
                 log.info("renamed cloud column", extra={
                     "table": f"{schema}.{table}", "from": cloud, "to": col.name, "site": site_id})
                 cloud = col.name
