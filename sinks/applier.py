@@ -16,6 +16,7 @@ import psycopg
 from psycopg import sql
 
 from cdc.errors import ApplyError
+from cdc.failpoints import failpoint
 from sinks import copy_text, sql as q
 from sinks.batcher import Append, ChangeOne, Delete, Patch, RemoveOne, Step, Truncate, Upsert
 from sinks.changes import ColumnDef
@@ -118,6 +119,7 @@ class Applier:
                         batch = []
                 if batch:
                     copy.write(fmt(site_id, batch))
+                failpoint("sink.in_copy")
 
     def _upsert(self, site_id: str, target: Target, step: Upsert) -> None:
         columns = list(target.columns)
