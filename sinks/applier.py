@@ -92,11 +92,21 @@ class Applier:
             digest = hashlib.sha1(repr(key).encode()).hexdigest()[:16]
             name = f"_tributary_stage_{digest}"
             self.conn.execute(q.create_stage(name, target.ident, self.site_column, columns))
+            self._analyze_empty(name)
             self._stages[key] = name
         elif name in self._dirty:
             self.conn.execute(q.truncate_stage(name))
+            self._analyze_empty(name)  # TRUNCATE made it "never analyzed" again
         self._dirty.add(name)
         return name
+
+    def _analyze_empty(self, stage: str) -> None:
+        """ANALYZE the empty stage (cheap): a table never analyzed is assumed to hold ten pages
+        of rows, whatever it holds, so a stage of a few keys made DELETE ... USING hash the
+        whole cloud table. Analyzed, its size is read from its pages: a few keys go through
+        the key index, many are hashed. ON COMMIT DELETE ROWS keeps the figures; TRUNCATE
+        resets them."""
+        self.conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(stage)))
 
     def _copy(self, stage: str, columns: list[ColumnDef], site_id: str,
               rows: Any) -> None:
