@@ -80,6 +80,12 @@ def audit_counts(cloud_dsn: str) -> dict[tuple[str, str], int]:
         return {(site, kind): int(n) for site, kind, n in rows.fetchall()}
 
 
+def multiset_diff(site_rows: list[tuple], cloud_rows: list[tuple]) -> tuple[int, int]:
+    """(missing, extra): rows the cloud holds fewer / more times than the site."""
+    at_site, in_cloud = Counter(site_rows), Counter(cloud_rows)
+    return sum((at_site - in_cloud).values()), sum((in_cloud - at_site).values())
+
+
 def check(site_dsns: dict[str, str], cloud_dsn: str,
           tables: dict[str, list[str]] = TABLES) -> list[TableCounts]:
     """Compare every site with its rows in the cloud (call it once nothing moves any more)."""
@@ -87,13 +93,12 @@ def check(site_dsns: dict[str, str], cloud_dsn: str,
     out = []
     for site, dsn in sorted(site_dsns.items()):
         for table, columns in tables.items():
-            at_site = Counter(rows_of(dsn, table, columns))
-            in_cloud = Counter(rows_of(cloud_dsn, table, columns, where_site=site))
+            at_site = rows_of(dsn, table, columns)
+            in_cloud = rows_of(cloud_dsn, table, columns, where_site=site)
+            missing, extra = multiset_diff(at_site, in_cloud)
             audited = table == AUDITED
             out.append(TableCounts(
-                site, table, sum(at_site.values()), sum(in_cloud.values()),
-                missing=sum((at_site - in_cloud).values()),
-                extra=sum((in_cloud - at_site).values()),
+                site, table, len(at_site), len(in_cloud), missing=missing, extra=extra,
                 twice=audit.get((site, "repeated"), 0) if audited else None,
                 stale=audit.get((site, "stale"), 0) if audited else None))
     return out

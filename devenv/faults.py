@@ -365,12 +365,19 @@ class Injector:
     def cut_cloud(self) -> Fault:
         proxy = self.env.cloud_proxy
         assert proxy is not None
-        proxy.cut("reset")
-        try:  # the full form holds some for minutes
-            held = self._hold(5, 15) if self.quick else self._hold(5, self.rnd.choice([20, 130]))
+        # reset: connections fail at once, the sinks retry with backoff (the full form holds
+        # some for minutes); blackhole: statements hang until the network is back (no
+        # statement timeout in the sink's DSN), then carry on
+        mode = self.rnd.choice(["reset", "reset", "blackhole"])
+        proxy.cut(mode)
+        try:
+            if mode == "blackhole" or self.quick:
+                held = self._hold(5, 15)
+            else:
+                held = self._hold(5, self.rnd.choice([20, 130]))
         finally:
             proxy.restore()
-        return Fault("cut_cloud", "cloud", detail="reset", held_s=held)
+        return Fault("cut_cloud", "cloud", detail=mode, held_s=held)
 
     def failpoint_source(self) -> Fault:
         s = self.rnd.choice(SITES)
@@ -416,12 +423,16 @@ class Injector:
             self._kill9(poke)
             poke.start()
         assert d.proc is not None
-        deadline = started + (20 if self.quick else 40)
+        crash = "=crash" in spec  # error and sleep never end the process: run armed a while
+        deadline = started + ((20 if self.quick else 40) if crash else 15)
         while time.monotonic() < deadline and d.proc.poll() is None:
             self.monitor.sample()
             time.sleep(0.2)
         code = d.proc.poll()
-        note = {None: "did not fire in time", 137: "crashed there"}.get(code, f"exited {code}")
+        if crash:
+            note = {None: "did not fire in time", 137: "crashed there"}.get(code, f"exited {code}")
+        else:
+            note = "ran armed" if code is None else f"exited {code}"
         if code is None:
             self._kill9(d)
         if code not in (None, 137):  # an error failpoint is retried, never an exit
