@@ -276,6 +276,7 @@ class Sink:
             log.info("assigned", extra={"topic": tp.topic, "partition": tp.partition,
                                         "offset": tp.offset})
         consumer.assign(partitions)
+        consumer.resume(partitions)  # librdkafka keeps a pause across a rebalance; we forgot it
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """The group gave the partitions away without asking (this replica was frozen or cut
