@@ -187,7 +187,7 @@ class TcpProxy:
                         return
                     self._flowing.wait(_TICK)
                 dst.sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: the other direction closed the socket
             pass
         finally:
             with self._lock:
