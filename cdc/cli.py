@@ -29,11 +29,14 @@ LOG_FORMAT_OPTION = click.option(
 def _load(config_path: str, log_format: str | None) -> Config:
     try:
         config = load_config(config_path)
+        from cdc import failpoints  # parses TRIBUTARY_FAILPOINTS: an unknown name exits 2
     except ConfigError as exc:
         click.echo(f"cdc: config error: {exc}", err=True)
         sys.exit(2)
     from cdc.logs import setup_logging
     setup_logging(log_format or config.log.format, config.log.level)
+    if failpoints.armed():
+        log.warning("failpoints armed (tests only)", extra={"failpoints": failpoints.armed()})
     return config
 
 

@@ -39,6 +39,7 @@ import psycopg
 from psycopg import sql
 
 from cdc.errors import DeliveryError, SchemaError
+from cdc.failpoints import failpoint
 from cdc.pgoutput import Begin, Commit, Truncate
 from cdc.pgsession import pinned_conninfo
 from cdc.snapshot import (
@@ -263,6 +264,7 @@ class InitialCopy:
             result = cur.pgresult
             assert result is not None
             n = result.ntuples
+            failpoint("initial_copy.read")
             if n:  # one pseudo-transaction (see the module docstring)
                 ts = now_pg_us()
                 records = builder.handle(Begin(self.lsn, ts, SNAPSHOT_XID))
@@ -273,6 +275,7 @@ class InitialCopy:
                 records += builder.handle(Commit(0, self.lsn, self.lsn, ts))
                 for k, v in records:
                     producer.produce(k, v)
+                    failpoint("initial_copy.in_chunk")
                 if not key.keyless:
                     after = [bytes(values[i]).decode() for i in key_at]
             copied += n

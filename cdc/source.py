@@ -22,6 +22,7 @@ from cdc import initial_copy
 from cdc.config import Config
 from cdc.dropped import DroppedRelations
 from cdc.errors import ConnectionLost, DeliveryError, ReplicationError
+from cdc.failpoints import failpoint
 from cdc.event_builder import EventBuilder, SiteIdentity
 from cdc.health import Health
 from cdc.lsn import format_lsn, parse_lsn
@@ -356,12 +357,14 @@ class Source:
                     if msg is not None:
                         for key, value in handle(msg):
                             produce(key, value)
+                        failpoint("source.mid_transaction")
                         if type(msg) is Message and snapshots is not None \
                                 and msg.prefix == SNAPSHOT_PREFIX:  # a snapshot chunk's turn
                             for key, value in snapshots.on_message(msg, builder):
                                 produce(key, value)
                             snapshots.step()  # the next chunk's message, without waiting
                         if type(msg) is Commit:
+                            failpoint("source.after_produce")  # produced, not yet confirmable
                             progress.on_commit(msg.end_lsn)
                             stats.transactions += 1
                             last_commit_ts = msg.commit_ts

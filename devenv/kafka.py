@@ -210,7 +210,13 @@ class KafkaBroker:
         *,
         controller_port: int | None = None,
         heap: str = "512m",
+        extra_listeners: dict[str, int] | None = None,
     ) -> None:
+        """``extra_listeners``: listener name -> the port it is advertised at, for clients that
+        reach the broker through something in between (a TCP proxy a test cuts): Kafka clients
+        connect to the advertised address from metadata, not to the bootstrap address, so the
+        proxy's port must be what the broker advertises to them. Each gets a port of its own
+        (:meth:`listener_port`), where the proxy forwards to."""
         settings = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (settings or {}).items()}
         bad = _RESERVED & settings.keys()
         if bad:
@@ -222,6 +228,12 @@ class KafkaBroker:
         self._controller_port = controller_port if controller_port is not None else free_port()
         self._libs = Path(libs) if libs else None
         self._heap = heap
+        for name in extra_listeners or {}:
+            if not name.isidentifier() or not name.isupper() or name in ("PLAINTEXT", "CONTROLLER"):
+                raise ValueError(f"extra listener name {name!r}: upper case letters, digits and "
+                                 f"_, not PLAINTEXT or CONTROLLER")
+        self._advertised = dict(extra_listeners or {})
+        self._listener_ports = {name: free_port() for name in self._advertised}
         self._proc: subprocess.Popen | None = None
         self._started_once = False
 
@@ -237,6 +249,10 @@ class KafkaBroker:
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self._port}"
+
+    def listener_port(self, name: str) -> int:
+        """The port the extra listener ``name`` listens on (it advertises another)."""
+        return self._listener_ports[name]
 
     @property
     def data_dir(self) -> Path:
@@ -298,6 +314,7 @@ class KafkaBroker:
                         f"log tail:\n{self._tails(offsets)}"
                     ) from None
                 self._port, self._controller_port = free_port(), free_port()
+                self._listener_ports = {name: free_port() for name in self._advertised}
                 continue
             self._started_once = True
             return self
@@ -359,15 +376,21 @@ class KafkaBroker:
         ]
 
     def _write_config(self) -> None:
+        extra = sorted(self._advertised)
+        listen = "".join(f",{n}://127.0.0.1:{self._listener_ports[n]}" for n in extra)
+        advertise = "".join(f",{n}://127.0.0.1:{self._advertised[n]}" for n in extra)
+        protocols = "".join(f",{n}:PLAINTEXT" for n in extra)
         props: dict[str, str] = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{self._controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self._port},CONTROLLER://127.0.0.1:{self._controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self._port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self._port},"
+                         f"CONTROLLER://127.0.0.1:{self._controller_port}{listen}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self._port}{advertise}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map":
+                f"PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{protocols}",
             "log.dirs": str(self.data_dir),
         }
         props.update(BASE_SETTINGS)

@@ -79,11 +79,12 @@ class Daemon:
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "Daemon":
+    def start(self, env: dict[str, str] | None = None) -> "Daemon":
+        """Start the daemon; ``env`` adds variables (e.g. TRIBUTARY_FAILPOINTS) to this run."""
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cdc.cli", self.kind, "run", "--config", str(self.config)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=_env_with_repo())
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**_env_with_repo(), **(env or {})})
         log.close()
         return self
 

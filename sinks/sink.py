@@ -26,6 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from cdc.config import Config
 from cdc.errors import ApplyError, ConnectionLost, DecodeError, Fenced, ProgressError, SchemaError
+from cdc.failpoints import failpoint
 from cdc.health import Health
 from cdc.lsn import format_lsn
 from cdc.metrics import OP_NAMES, sink_metrics
@@ -247,6 +248,7 @@ class Sink:
 
     # -- assignment ----------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        failpoint("sink.on_assign")
         self._drain()
         self._rollback()
         progress_store.register_partitions(self.conn, self.cfg.group_id,
@@ -276,6 +278,7 @@ class Sink:
             log.info("assigned", extra={"topic": tp.topic, "partition": tp.partition,
                                         "offset": tp.offset})
         consumer.assign(partitions)
+        consumer.resume(partitions)  # librdkafka keeps a pause across a rebalance; we forgot it
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """The group gave the partitions away without asking (this replica was frozen or cut
@@ -285,6 +288,7 @@ class Sink:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition],
                    lost: bool = False) -> None:
+        failpoint("sink.on_revoke")
         if self.big is None and not lost:
             self._flush()  # keep the whole transactions already read; the rest is read again
         self._drain()
@@ -483,6 +487,7 @@ class Sink:
             if not all(part.final for part in batch):
                 return  # more of a large transaction follows in this cloud transaction
             conn.commit()
+            failpoint("sink.after_cloud_commit")  # offsets and site progress are in that commit
             done = time.time()
             self.metrics.batch_seconds.observe(time.monotonic() - started)
             for part in batch:
@@ -708,6 +713,7 @@ class Sink:
     def _apply_part(self, stream: SiteStream) -> None:
         """Hand the worker the next part of a large transaction (it keeps the transaction open)."""
         changes = stream.take_open()
+        failpoint("sink.apply_part")
         if changes:
             topic, partition = next(k for k, s in self.streams.items() if s is stream)
             self.worker.submit([_Part(topic, partition, stream, plan(changes), len(changes),

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import random
 import signal
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 import psycopg
 
 from cdc.config import load_config
+from devenv.fault_check import AUDIT
+from devenv.fault_workload import bump_versions, mixed, workloads
 from devenv.pipeline import Daemon, cloud_config, count, execute, rows_of, wait_until
 from tests.integration.sites import TABLES, TIMEOUT, Pipeline
 from tests.integration.test_snapshot import progress
@@ -33,63 +33,6 @@ SEED = [
     " (SELECT string_agg(md5(g::text || i::text), '') FROM generate_series(1, 400) i)"
     " FROM generate_series(1, 1500) g",
 ]
-
-
-@contextmanager
-def workloads(dsns: Iterable[str], transaction: Callable[[psycopg.Connection, random.Random, int],
-                                                         None], limit: int) -> Iterator[None]:
-    """One thread per site running ``transaction(conn, rnd, n)`` in a loop (at most ``limit``
-    times) while the block runs; an error in any of them fails the test after the block."""
-    stop, errors = threading.Event(), []
-
-    def run(dsn: str, seed: int) -> None:
-        rnd = random.Random(seed)
-        try:
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                for n in range(limit):
-                    if stop.is_set():
-                        return
-                    with conn.transaction():
-                        transaction(conn, rnd, n)
-        except Exception as exc:  # noqa: BLE001 - reported by the test
-            errors.append(f"workload on {dsn}: {exc!r}")
-
-    threads = [threading.Thread(target=run, args=(dsn, i), daemon=True)
-               for i, dsn in enumerate(dsns)]
-    for t in threads:
-        t.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
-    assert not errors, errors
-
-
-def mixed(conn: psycopg.Connection, rnd: random.Random, n: int) -> None:
-    """One transaction of the mixed workload: keys moving up and down, TOASTed rows moving."""
-    d = rnd.randint(1, 200000)
-    s = f"k{rnd.randint(1, 1500):05d}"
-    kind = n % 6
-    if kind == 0:  # a key moves up, past the copy's position
-        conn.execute("UPDATE devices SET id = id + 1000000 WHERE id = %s", (d,))
-    elif kind == 1:  # and down, into what was copied
-        conn.execute("UPDATE devices SET id = -id WHERE id = %s", (d + 1000000,))
-    elif kind == 2:  # a TOASTed row's key moves; the blob is not sent
-        conn.execute("UPDATE settings SET key = 'z' || key, value = 'moved' WHERE key = %s", (s,))
-    elif kind == 3:
-        conn.execute("UPDATE settings SET key = substr(key, 2) WHERE key = %s", ("z" + s,))
-        conn.execute("UPDATE devices SET firmware = 'v' || %s WHERE id = %s", (n, d))
-    elif kind == 4:
-        conn.execute("DELETE FROM devices WHERE id = %s", (d,))
-        conn.execute("INSERT INTO devices (id, name) VALUES (%s, 'new') ON CONFLICT DO NOTHING",
-                     (d + 2000000,))
-    else:
-        conn.execute("INSERT INTO readings VALUES (%s, now(), %s, 1) ON CONFLICT DO NOTHING",
-                     (d, n))
-        conn.execute("UPDATE settings SET value = %s WHERE key = %s", (str(n), s))
-    time.sleep(0.005)
 
 
 def test_kill9_during_the_initial_copy_and_after_with_key_changes_converges(
@@ -121,30 +64,6 @@ def test_kill9_during_the_initial_copy_and_after_with_key_changes_converges(
             assert rows_of(p.cloud_dsn, table, columns, where_site=site) == \
                 rows_of(dsn, table, columns), f"{table} of site {site} differs in the cloud"
     p.stop()
-
-
-AUDIT = [
-    "CREATE TABLE public.audit (kind text NOT NULL, site text, id int, version bigint)",
-    """CREATE FUNCTION public.audit_versions() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-      IF NEW.version < OLD.version THEN
-        INSERT INTO public.audit VALUES ('stale', NEW.site_id, NEW.id, NEW.version);
-      ELSIF NEW.version = OLD.version THEN
-        INSERT INTO public.audit VALUES ('repeated', NEW.site_id, NEW.id, NEW.version);
-      END IF;
-      RETURN NEW;
-    END $$""",
-    "CREATE TRIGGER audit_versions BEFORE UPDATE ON public.versioned FOR EACH ROW"
-    " EXECUTE FUNCTION public.audit_versions()",
-    # ALWAYS: it fires whatever session_replication_role the sink's session runs with
-    "ALTER TABLE public.versioned ENABLE ALWAYS TRIGGER audit_versions",
-]
-
-
-def bump_versions(conn: psycopg.Connection, rnd: random.Random, n: int) -> None:
-    """Raise the version of a few rows, as fast as it goes: the sinks hold batches in hand."""
-    conn.execute("UPDATE versioned SET version = version + 1 WHERE id = ANY(%s)",
-                 (sorted(rnd.sample(range(1, 201), 3)),))
 
 
 def test_two_sink_replicas_with_a_frozen_one_apply_each_transaction_once(
