@@ -109,8 +109,9 @@ class Applier:
             digest = hashlib.sha1(repr(key).encode()).hexdigest()[:16]
             name = f"_tributary_stage_{digest}"
             self.conn.execute(q.create_stage(name, target.ident, self.site_column, columns))
-            self._analyze_empty(name)
             self._stages[key] = name
+            if name not in self._dirty:  # a dirty one is emptied and analyzed just below
+                self._analyze_empty(name)
         if name in self._dirty:  # rows of an earlier step (the stage may have been evicted)
             self.conn.execute(q.truncate_stage(name))
             self._analyze_empty(name)  # TRUNCATE made it "never analyzed" again
