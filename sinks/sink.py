@@ -221,6 +221,10 @@ class Sink:
                 "auto.offset.reset": "earliest", "enable.partition.eof": False,
                 "topic.metadata.refresh.interval.ms": 5000,
                 "fetch.max.bytes": 52_428_800, "queued.max.messages.kbytes": 65_536,
+                # site topics have one partition each: "range" gives every partition 0 to
+                # one member, so other replicas idle; round robin spreads the sites (range
+                # stays listed so a group with older replicas still agrees on one)
+                "partition.assignment.strategy": "roundrobin,range",
                 "error_cb": kafka_error_logger(log)}))
             self.consumer = consumer
             consumer.subscribe([self.kafka.site_topic_pattern], on_assign=self._on_assign,
@@ -295,6 +299,8 @@ class Sink:
         self._rollback()
         for tp in partitions:
             self.streams.pop((tp.topic, tp.partition), None)
+        log.info("partitions lost" if lost else "partitions revoked",
+                 extra={"topics": sorted({tp.topic for tp in partitions})})
         try:
             consumer.unassign()
         except KafkaException:

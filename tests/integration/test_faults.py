@@ -376,3 +376,41 @@ def test_a_replay_after_the_slot_changed_does_not_apply_the_old_slots_transactio
     with psycopg.connect(p.cloud_dsn) as conn:  # skipped, not applied again (and again)
         assert conn.execute(xmin).fetchone() == before
     p.stop()
+
+
+def test_two_sink_replicas_share_the_sites(pipeline_factory: Callable[..., Pipeline],
+                                           tmp_path: Path) -> None:
+    """Each site topic has one partition; the group spreads the sites over the replicas (the
+    range assignor gave every partition 0 to one member, the other idled)."""
+    import json
+
+    p = pipeline_factory(sites=("a", "b"))
+    group = load_config(p.sink.config).need_sink().group_id
+    second = Daemon("sink", cloud_config(tmp_path / "cloud-2.toml", p.cloud_dsn, p.kafka,
+                                         p.prefix, group), tmp_path, "sink-2")
+    p.start()
+    second.start()
+
+    def held(d: Daemon) -> set[str]:
+        """The topics of the replica's current assignment, from its log."""
+        topics: set[str] = set()
+        for line in d.log_path.read_text(errors="replace").splitlines():
+            rec = json.loads(line) if line.startswith("{") else {}
+            if rec.get("msg") in ("partitions revoked", "partitions lost"):
+                topics = set()
+            elif rec.get("msg") == "assigned":
+                topics.add(rec["topic"])
+        return topics
+
+    def spread() -> bool:
+        mine, theirs = held(p.sink), held(second)
+        return len(mine) == 1 and len(theirs) == 1 and mine != theirs
+
+    for site in p.site_dsn:
+        execute(p.site_dsn[site], "INSERT INTO devices (id, name) VALUES (1, 'x')")
+    wait_until(spread, TIMEOUT, "each replica to hold one site", (*p.daemons, second))
+    for site in p.site_dsn:
+        p.sync(site)
+        p.assert_equal(site)
+    assert second.stop() == 0
+    p.stop()
