@@ -207,19 +207,26 @@ class ChunkCatalog:
         """The chunk's slice of its hypertable's time dimension (the one
         :class:`Hypertable` names), or None when the catalog no longer has the chunk."""
         # the public views: the catalog tables behind them changed shape between versions
-        row = self._conn.execute(
-            "SELECT c.primary_dimension,"
-            " CASE WHEN c.range_start IS NULL THEN c.range_start_integer"
-            "  WHEN isfinite(c.range_start)"
-            "  THEN (extract(epoch FROM c.range_start) * 1000000)::bigint END,"
-            " CASE WHEN c.range_end IS NULL THEN c.range_end_integer"
-            "  WHEN isfinite(c.range_end)"
-            "  THEN (extract(epoch FROM c.range_end) * 1000000)::bigint END,"
-            " (SELECT count(*) FROM timescaledb_information.dimensions d"
-            "  WHERE d.hypertable_schema = c.hypertable_schema"
-            "  AND d.hypertable_name = c.hypertable_name)"
-            " FROM timescaledb_information.chunks c"
-            " WHERE c.chunk_schema = %s AND c.chunk_name = %s", (schema, table)).fetchone()
+        try:
+            row = self._conn.execute(
+                "SELECT c.primary_dimension,"
+                " CASE WHEN c.range_start IS NULL THEN c.range_start_integer"
+                "  WHEN isfinite(c.range_start)"
+                "  THEN (extract(epoch FROM c.range_start) * 1000000)::bigint END,"
+                " CASE WHEN c.range_end IS NULL THEN c.range_end_integer"
+                "  WHEN isfinite(c.range_end)"
+                "  THEN (extract(epoch FROM c.range_end) * 1000000)::bigint END,"
+                " (SELECT count(*) FROM timescaledb_information.dimensions d"
+                "  WHERE d.hypertable_schema = c.hypertable_schema"
+                "  AND d.hypertable_name = c.hypertable_name)"
+                " FROM timescaledb_information.chunks c"
+                " WHERE c.chunk_schema = %s AND c.chunk_name = %s", (schema, table)).fetchone()
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:  # a TimescaleDB without these views: keep the rows
+            log.warning("cannot read a chunk's time range", extra={
+                "chunk": f"{schema}.{table}", "error": str(exc).strip()})
+            return None
         if row is None or row[0] is None:
             return None
         column, start, end, dimensions = row

@@ -109,3 +109,42 @@ def test_deletes_of_a_cloud_hypertable_touch_only_the_chunks_of_their_keys(
             plan = "\n".join(r[0] for r in conn.execute(
                 sql.SQL("EXPLAIN (COSTS OFF) ") + statement).fetchall())
             assert len(set(re.findall(r"_hyper_\d+_\d+_chunk\b", plan))) == chunks, plan
+
+
+@pytest.mark.skipif(not TIMESCALEDB.is_file(), reason="TimescaleDB is not installed")
+def test_a_live_chunk_truncate_removes_that_chunks_rows_only(
+        tmp_path: Path, pg_factory: Any, kafka_broker: Any, unique_name: Any) -> None:
+    """TRUNCATE of one daily chunk at a live site: the cloud loses that day's rows of the site,
+    keeps the others (cdc.slots.ChunkCatalog.chunk_range reads the range from the catalog)."""
+    site = pg_factory("site_tsdb", shared_preload_libraries="timescaledb")
+    dsn = site.create_database(unique_name("tsdbtr"))
+    execute(dsn, "CREATE EXTENSION timescaledb", MARKER_DDL,
+            "CREATE TABLE public.m (ts timestamptz NOT NULL, device_id int NOT NULL, v float8,"
+            " PRIMARY KEY (device_id, ts))",
+            "SELECT create_hypertable('public.m', 'ts', chunk_time_interval => interval '1 day')")
+    cloud = pg_factory("cloud").create_database(unique_name("cloudtr"))
+    prefix = unique_name("tsdbtr")
+    source = Daemon("source", site_config(tmp_path / "site.toml", "ts", dsn,
+                                          kafka_broker.bootstrap_servers, prefix,
+                                          slot=unique_name("slot")), tmp_path, "source").start()
+    sink = Daemon("sink", cloud_config(tmp_path / "cloud.toml", cloud,
+                                       kafka_broker.bootstrap_servers, prefix, unique_name("g")),
+                  tmp_path, "sink").start()
+    daemons = (source, sink)
+    try:
+        wait_until(lambda: count(dsn, "SELECT count(*) FROM pg_replication_slots WHERE active")
+                   == 1, TIMEOUT, "the slot to be active", daemons)
+        execute(dsn, "INSERT INTO public.m SELECT '2026-01-01'::timestamptz + g * interval"
+                     " '1 minute', g % 10, g FROM generate_series(0, 4319) g")  # 3 daily chunks
+        sync(dsn, cloud, "ts", TIMEOUT, daemons)
+        with psycopg.connect(dsn) as conn:
+            chunk = conn.execute("SELECT c FROM show_chunks('public.m') c ORDER BY c"
+                                 " OFFSET 1 LIMIT 1").fetchone()[0]  # type: ignore[index]
+        execute(dsn, f"TRUNCATE {chunk}")
+        sync(dsn, cloud, "ts", TIMEOUT, daemons)
+        cols = ["device_id", "ts", "v"]
+        assert rows_of(cloud, "public.m", cols, where_site="ts") == rows_of(dsn, "public.m", cols)
+        assert count(cloud, "SELECT count(*) FROM public.m") == 2880
+    finally:
+        for d in daemons:
+            assert d.stop() == 0
