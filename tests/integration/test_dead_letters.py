@@ -14,7 +14,7 @@ import psycopg
 from cdc.config import load_config
 from devenv.pipeline import Daemon, cloud_config, count, execute, rows_of, wait_until
 from tests.integration.sites import TABLES, TIMEOUT, Pipeline
-from tests.integration.test_faults import read_topic, write_topic
+from tests.integration.test_faults import read_messages, read_topic, write_topic
 from tests.integration.test_operations import cdc
 
 POISON = "ALTER TABLE public.devices ADD CONSTRAINT no_poison CHECK (name NOT LIKE 'poison%')"
@@ -31,23 +31,7 @@ def dead_letter_rows(p: Pipeline) -> list[tuple]:
 
 
 def topic_headers(p: Pipeline, topic: str) -> list[dict[str, str]]:
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": p.kafka, "group.id": topic + "-read",
-                         "enable.auto.commit": False})
-    out: list[dict[str, str]] = []
-    try:
-        _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-        consumer.assign([TopicPartition(topic, 0, 0)])
-        for _ in range(high + 100):
-            if len(out) >= high:
-                break
-            msg = consumer.poll(1.0)
-            if msg is not None and not msg.error():
-                out.append({k: v.decode() for k, v in msg.headers() or []})
-    finally:
-        consumer.close()
-    return out
+    return [{k: v.decode() for k, v in m.headers() or []} for m in read_messages(p.kafka, topic)]
 
 
 def test_a_transaction_the_cloud_refuses_goes_whole_to_the_dead_letters_and_replays(
