@@ -371,14 +371,24 @@ def test_two_sink_replicas_share_the_sites(pipeline_factory: Callable[..., Pipel
                                            tmp_path: Path) -> None:
     """Each site topic has one partition; the group spreads the sites over the replicas (the
     range assignor gave every partition 0 to one member, the other idled)."""
-    import json
-
     p = pipeline_factory(sites=("a", "b"))
     group = load_config(p.sink.config).need_sink().group_id
     second = Daemon("sink", cloud_config(tmp_path / "cloud-2.toml", p.cloud_dsn, p.kafka,
                                          p.prefix, group), tmp_path, "sink-2")
     p.start()
     second.start()
+    try:
+        check_shared(p, second)
+    finally:
+        if second.alive():
+            second.proc.kill()  # type: ignore[union-attr]
+            second.proc.wait(10)  # type: ignore[union-attr]
+    p.stop()
+
+
+def check_shared(p: Pipeline, second: Daemon) -> None:
+    """Each replica holds one site (from their logs' assignments); the cloud equals both."""
+    import json
 
     def held(d: Daemon) -> set[str]:
         """The topics of the replica's current assignment, from its log."""
@@ -402,4 +412,3 @@ def test_two_sink_replicas_share_the_sites(pipeline_factory: Callable[..., Pipel
         p.sync(site)
         p.assert_equal(site)
     assert second.stop() == 0
-    p.stop()
