@@ -71,25 +71,25 @@ def cloud_status(config: Config, now: datetime | None = None) -> list[SiteLine]:
     return lines
 
 
-def _site_errors(conn: psycopg.Connection) -> dict[str, str]:
+def _per_site(conn: psycopg.Connection, query: str) -> dict[str, Any]:
+    """``site_id -> value`` rows of a progress table; none before the sink created it."""
     try:
-        rows = conn.execute("SELECT site_id, error FROM tributary.site_status"
-                            " WHERE state = 'stopped'").fetchall()
+        rows = conn.execute(query).fetchall()
     except psycopg.errors.UndefinedTable:
         conn.rollback()
         return {}
     return {r[0]: r[1] for r in rows}
 
 
+def _site_errors(conn: psycopg.Connection) -> dict[str, str]:
+    return _per_site(conn, "SELECT site_id, error FROM tributary.site_status"
+                           " WHERE state = 'stopped'")
+
+
 def _dead_letters(conn: psycopg.Connection) -> dict[str, int]:
     """Per site, its transactions in the dead-letter topic not applied again."""
-    try:
-        rows = conn.execute("SELECT site_id, count(*) FROM tributary.dead_letters"
-                            " WHERE state = 'pending' GROUP BY site_id").fetchall()
-    except psycopg.errors.UndefinedTable:
-        conn.rollback()
-        return {}
-    return {r[0]: int(r[1]) for r in rows}
+    return _per_site(conn, "SELECT site_id, count(*)::int FROM tributary.dead_letters"
+                           " WHERE state = 'pending' GROUP BY site_id")
 
 
 def _topic_ends(config: Config, topics: list[str]) -> dict[str, int]:

@@ -21,17 +21,12 @@ from typing import Callable, Iterable, Iterator
 
 import psycopg
 
-from devenv.pipeline import MARKER_DDL
+from devenv.pipeline import DEVICE_TABLES_DDL, MARKER_DDL
 
 Transaction = Callable[[psycopg.Connection, random.Random, int], None]
 
 SCHEMA = [
-    "CREATE TABLE devices (id int PRIMARY KEY, name text NOT NULL, firmware text,"
-    " installed date, updated_at timestamptz DEFAULT now())",
-    "CREATE TABLE readings (device_id int NOT NULL, ts timestamptz NOT NULL,"
-    " value double precision, quality smallint, PRIMARY KEY (device_id, ts))",
-    "CREATE TABLE settings (key text PRIMARY KEY, value text, blob text)",
-    "ALTER TABLE settings ALTER COLUMN blob SET STORAGE EXTERNAL",
+    *DEVICE_TABLES_DDL,
     # a multiset: no key, equal rows, every column compared (REPLICA IDENTITY FULL)
     "CREATE TABLE events (device_id int, kind text, note text)",
     "ALTER TABLE events REPLICA IDENTITY FULL",

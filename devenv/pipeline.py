@@ -174,6 +174,15 @@ def site_applied_lsn(cloud_dsn: str, site: str) -> str | None:
 
 
 MARKER_DDL = "CREATE TABLE IF NOT EXISTS public.sync_marker (id text PRIMARY KEY)"
+#: the site tables every test workload has: keys that move, a composite key, a TOASTed column
+DEVICE_TABLES_DDL = [
+    "CREATE TABLE devices (id int PRIMARY KEY, name text NOT NULL, firmware text,"
+    " installed date, updated_at timestamptz DEFAULT now())",
+    "CREATE TABLE readings (device_id int NOT NULL, ts timestamptz NOT NULL,"
+    " value double precision, quality smallint, PRIMARY KEY (device_id, ts))",
+    "CREATE TABLE settings (key text PRIMARY KEY, value text, blob text)",
+    "ALTER TABLE settings ALTER COLUMN blob SET STORAGE EXTERNAL",
+]
 
 
 def sync(site_dsn: str, cloud_dsn: str, site: str, timeout: float,

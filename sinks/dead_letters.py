@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from psycopg import sql
 
 from cdc.config import Config, KafkaConfig
-from cdc.errors import ApplyError, ConnectionLost, TributaryError
+from cdc.errors import ConnectionLost, TributaryError
 from cdc.lsn import format_lsn
 from cdc.topics import client_config, ensure_topic
 from sinks.batcher import DeadTx
@@ -242,7 +242,7 @@ def reapply(config: Config, sites: list[str],
                 applier.transaction_ended()
                 applied += 1
                 progress(letter, None)
-            except (ApplyError, TributaryError, psycopg.Error) as exc:
+            except (TributaryError, psycopg.Error) as exc:
                 if isinstance(exc, psycopg.OperationalError):
                     raise
                 applier.forget()

@@ -6,16 +6,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from devenv.pipeline import (
-    MARKER_DDL, Daemon, cloud_config, count, execute, rows_of, site_config, sync, wait_until,
+    DEVICE_TABLES_DDL, MARKER_DDL, Daemon, cloud_config, count, execute, rows_of, site_config,
+    sync, wait_until,
 )
 
 SCHEMA = [
-    "CREATE TABLE devices (id int PRIMARY KEY, name text NOT NULL, firmware text,"
-    " installed date, updated_at timestamptz DEFAULT now())",
-    "CREATE TABLE readings (device_id int NOT NULL, ts timestamptz NOT NULL,"
-    " value double precision, quality smallint, PRIMARY KEY (device_id, ts))",
-    "CREATE TABLE settings (key text PRIMARY KEY, value text, blob text)",
-    "ALTER TABLE settings ALTER COLUMN blob SET STORAGE EXTERNAL",
+    *DEVICE_TABLES_DDL,
     "CREATE TABLE tags (device_id int, tag text, note text, PRIMARY KEY (device_id, tag))",
     "ALTER TABLE tags REPLICA IDENTITY FULL",  # every column flagged as key; the PK is the key
     MARKER_DDL,
