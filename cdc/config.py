@@ -157,6 +157,9 @@ class SinkConfig(_Section):
     #: a site transaction the cloud cannot apply goes to this Kafka topic, whole, and its site
     #: goes on (unset: the site stops until the cause is fixed)
     dead_letter_topic: str | None = None
+    #: a Kafka consumer outside its group this long while site topics wait is replaced by a
+    #: new one (librdkafka can miss its way back in after the group coordinator moved)
+    group_stuck_after_s: float = Field(60.0, ge=10)
 
     @field_validator("dead_letter_topic")
     @classmethod

@@ -51,3 +51,8 @@ class Fenced(TributaryError):
 
 class ConnectionLost(TributaryError):
     """A server (site, cloud or Kafka) went away or cannot be reached yet: retried with backoff."""
+
+
+class GroupStuck(ConnectionLost):
+    """The sink's Kafka consumer has been outside its consumer group too long while there are
+    site topics to read: a new consumer (a new sink session) replaces it."""

@@ -25,7 +25,8 @@ import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from cdc.config import Config
-from cdc.errors import ApplyError, ConnectionLost, DecodeError, Fenced, ProgressError, SchemaError
+from cdc.errors import (ApplyError, ConnectionLost, DecodeError, Fenced, GroupStuck, ProgressError,
+                        SchemaError)
 from cdc.failpoints import failpoint
 from cdc.health import Health
 from cdc.lsn import format_lsn
@@ -36,6 +37,7 @@ from cdc.topics import client_config, kafka_error_logger
 from sinks import dead_letters, progress_store
 from sinks.applier import Applier
 from sinks.batcher import FROM_BEGINNING, AppliedTx, DeadTx, SiteStream, Step, plan
+from sinks.group_watch import STATS_INTERVAL_MS, GroupState, GroupWatch
 from sinks.record_reader import RecordReader, UnreadableChange
 from sinks.tables import CloudTables
 
@@ -216,6 +218,8 @@ class Sink:
             self._rewound: set[tuple[str, int]] = set()  # read again from the cloud's offset
             if cfg.dead_letter_topic:
                 dead_letters.ensure(self.kafka, cfg.dead_letter_topic)
+            self.group_watch = GroupWatch(time.monotonic(), cfg.group_stuck_after_s)
+            self._group_checked = 0.0
             consumer = Consumer(client_config(self.kafka, **{
                 "group.id": cfg.group_id, "enable.auto.commit": False,
                 "auto.offset.reset": "earliest", "enable.partition.eof": False,
@@ -225,6 +229,7 @@ class Sink:
                 # one member, so other replicas idle; round robin spreads the sites (range
                 # stays listed so a group with older replicas still agrees on one)
                 "partition.assignment.strategy": "roundrobin,range",
+                "statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": self._on_stats,
                 "error_cb": kafka_error_logger(log)}))
             self.consumer = consumer
             consumer.subscribe([self.kafka.site_topic_pattern], on_assign=self._on_assign,
@@ -251,6 +256,28 @@ class Sink:
             conn.close()
 
     # -- assignment ----------------------------------------------------------------------------
+    def _on_stats(self, stats_json: str) -> None:
+        self.group_watch.observe(GroupState.from_stats(stats_json), time.monotonic())
+
+    def _check_group(self, now: float) -> None:
+        """Replace a consumer that has been outside its group too long while site topics wait
+        (see :mod:`sinks.group_watch`); one metadata request, at most every 15 s, and only then."""
+        watch = self.group_watch
+        if not watch.overdue(now) or now - self._group_checked < watch.stuck_after_s / 4:
+            return
+        self._group_checked = now
+        try:
+            topics = self.consumer.list_topics(timeout=5).topics
+        except KafkaException:
+            return  # the broker is away: librdkafka reconnects by itself; asked again later
+        waiting = sorted(t for t in topics if self.kafka.site_of_topic(t) is not None)
+        if waiting:
+            raise GroupStuck(
+                f"the Kafka consumer has been outside group {self.cfg.group_id!r} for "
+                f"{watch.out_for(now):.0f} s ({watch.describe()}) while {len(waiting)} site "
+                f"topic(s) wait ({', '.join(waiting[:5])}{', ...' if len(waiting) > 5 else ''});"
+                " replacing it with a new consumer")
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         failpoint("sink.on_assign")
         self._drain()
@@ -382,6 +409,8 @@ class Sink:
         while not self.stop.is_set():
             beat()
             msgs = consumer.consume(num_messages=CONSUME_BATCH, timeout=0.05)
+            if not msgs:
+                self._check_group(time.monotonic())
             self._rewound.clear()
             for msg in msgs:
                 if self._rewound and (msg.topic(), msg.partition()) in self._rewound:
