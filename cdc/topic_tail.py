@@ -61,7 +61,9 @@ def last_published(kafka: KafkaConfig, topic: str, window: int = 5000,
     resolver = SchemaResolver(kafka)
     consumer = Consumer(client_config(kafka, **{
         "group.id": f"tributary-tail-{uuid.uuid4().hex}", "enable.auto.commit": False,
-        "enable.partition.eof": True}))
+        # an offset the broker does not hold (a leader moving, retention) is an error to retry,
+        # not a jump to the end that would read as "no Begin here" and skip the guard
+        "auto.offset.reset": "error", "enable.partition.eof": True}))
     try:
         tp = TopicPartition(topic, 0)
         deadline = time.monotonic() + timeout
