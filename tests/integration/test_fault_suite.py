@@ -9,17 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from devenv.faults import KINDS, Options, run, summary
 
 
-# Found 2026-11-30 on the final commit: with seed 11, after fault 8 (freeze_broker, held 12.8 s,
-# past the sources' message.timeout.ms) the pipeline did not recover within 240 s in 2 runs of
-# 4 (nothing applied after it; the counts differ only by what never arrived). A liveness bug
-# under investigation (issue 11): the test runs and prints its report, but does not turn CI red
-# until it is fixed. Remove this mark with the fix.
-@pytest.mark.xfail(strict=False, reason="stall after a broker freeze (seed 11), issue 11")
 def test_the_reduced_fault_suite_loses_nothing_and_doubles_nothing(kafka_libs: Path,
                                                                    pg_bindir: Path) -> None:
     lines: list[str] = []
