@@ -36,7 +36,7 @@ from typing import Any
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
-from cdc.config import SinkConfig
+from cdc.core.config import SinkConfig
 from benchmarks.pipeline import (
     BenchBase, BenchError, Child, git_describe, process_cpu_s, run_bench, say, tree_cpu_s,
     vm_hwm_mb, wait_until,

@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 import psycopg
 
-from cdc.lsn import format_lsn, parse_lsn
+from cdc.core.lsn import format_lsn, parse_lsn
 from devenv.kafka import KAFKA_VERSION, KafkaBroker, ensure_kafka
 from devenv.postgres import PgCluster, ensure_postgres_installed
 from devenv import pipeline

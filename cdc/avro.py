@@ -26,7 +26,7 @@ from typing import Any
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from cdc.errors import SchemaError
+from cdc.core.errors import SchemaError
 from cdc.relations import TableInfo
 from cdc.values import avro_type
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from typing import Callable
 
-from cdc.errors import DecodeError
+from cdc.core.errors import DecodeError
 from cdc.pgoutput import UNCHANGED_TOAST
 from cdc.values import (KIND_BOOLEAN, KIND_BYTES, KIND_DATE, KIND_DOUBLE, KIND_FLOAT, KIND_INT,
                         KIND_LONG, KIND_STRING, KIND_TIME, KIND_TIMESTAMP, KIND_TIMESTAMPTZ,

@@ -8,10 +8,10 @@ import psycopg
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from cdc.config import Config, redact_dsn
+from cdc.core.config import Config, redact_dsn
 from cdc.slots import list_tables, slot_state, timescaledb_version
 from cdc.topics import client_config
-from cdc.errors import TributaryError
+from cdc.core.errors import TributaryError
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import click
 
-from cdc.config import Config, load_config
-from cdc.errors import ConfigError, TributaryError
+from cdc.core.config import Config, load_config
+from cdc.core.errors import ConfigError, TributaryError
 
 log = logging.getLogger("cdc")
 

@@ -9,7 +9,7 @@ Each entry is ``name=action[@trigger]``:
 
 - actions: ``crash`` (``os._exit(137)``: the process dies on the spot, as under ``kill -9``,
   without flushing or closing anything), ``error`` (raises :class:`FailpointError`, a
-  :class:`~cdc.errors.ConnectionLost`: the daemon takes its retry path, as after a lost
+  :class:`~cdc.core.errors.ConnectionLost`: the daemon takes its retry path, as after a lost
   server), ``sleep:<seconds>`` (stalls the calling thread);
 - triggers: an integer ``N`` fires on the Nth hit only; a number with a point, ``0 < p <= 1``,
   fires on each hit with probability ``p`` (seeded, so a run can be repeated); none fires on
@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from cdc.errors import ConfigError, ConnectionLost
+from cdc.core.errors import ConfigError, ConnectionLost
 
 ENV = "TRIBUTARY_FAILPOINTS"
 SEED_ENV = "TRIBUTARY_FAILPOINTS_SEED"

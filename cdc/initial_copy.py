@@ -38,7 +38,7 @@ from typing import Any, Callable
 import psycopg
 from psycopg import sql
 
-from cdc.errors import DeliveryError, SchemaError
+from cdc.core.errors import DeliveryError, SchemaError
 from cdc.failpoints import failpoint
 from cdc.pgoutput import Begin, Commit, Truncate
 from cdc.pgsession import pinned_conninfo

@@ -13,8 +13,8 @@ Strings are NUL-terminated UTF-8. A column value of a tuple is ``bytes`` (text f
 ``None`` (SQL NULL, ``'n'``), :data:`UNCHANGED_TOAST` (``'u'``: an out-of-line value the change did
 not touch, so the server did not send it) or :class:`BinaryDatum` (``'b'``, binary format).
 
-Anything that does not parse raises :class:`cdc.errors.DecodeError` naming the message tag and the
-byte offset; this module imports only the standard library and :mod:`cdc.errors`.
+Anything that does not parse raises :class:`cdc.core.errors.DecodeError` naming the message tag and the
+byte offset; this module imports only the standard library and :mod:`cdc.core.errors`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import struct
 from dataclasses import dataclass, fields
 from typing import Callable, TypeAlias, Union
 
-from cdc.errors import DecodeError
+from cdc.core.errors import DecodeError
 
 __all__ = [
     "PG_EPOCH_US_OFFSET",

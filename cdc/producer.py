@@ -13,8 +13,8 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
-from cdc.config import KafkaConfig
-from cdc.errors import DeliveryError
+from cdc.core.config import KafkaConfig
+from cdc.core.errors import DeliveryError
 from cdc.progress import SourceProgress
 from cdc.topics import client_config, kafka_error_logger
 

@@ -27,8 +27,8 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from cdc.avro import REGISTRY_ID_BASE, Codec, schema_json
-from cdc.config import KafkaConfig
-from cdc.errors import ConnectionLost, SchemaError
+from cdc.core.config import KafkaConfig
+from cdc.core.errors import ConnectionLost, SchemaError
 
 log = logging.getLogger(__name__)
 

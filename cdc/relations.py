@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from cdc.errors import SchemaError
+from cdc.core.errors import SchemaError
 from cdc.pgoutput import Relation
 from cdc.timescale import Hypertable
 from cdc.type_catalog import TypeDef

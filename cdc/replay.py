@@ -17,9 +17,9 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
-from cdc.config import Config
-from cdc.errors import TributaryError
-from cdc.lsn import format_lsn
+from cdc.core.config import Config
+from cdc.core.errors import TributaryError
+from cdc.core.lsn import format_lsn
 
 
 class ReplayRefused(TributaryError):

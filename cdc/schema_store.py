@@ -16,8 +16,8 @@ from cachetools import LRUCache
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from cdc.avro import REGISTRY_ID_BASE, Codec, schema_json
-from cdc.config import KafkaConfig
-from cdc.errors import DeliveryError, SchemaError
+from cdc.core.config import KafkaConfig
+from cdc.core.errors import DeliveryError, SchemaError
 from cdc.registry import RegistrySchemas, registry_client
 from cdc.topics import client_config, ensure_topic
 

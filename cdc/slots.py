@@ -15,8 +15,8 @@ from typing import Any, Callable
 import psycopg
 from psycopg import sql
 
-from cdc.errors import ReplicationError
-from cdc.lsn import format_lsn, parse_lsn
+from cdc.core.errors import ReplicationError
+from cdc.core.lsn import format_lsn, parse_lsn
 from cdc.timescale import (CHUNK_SCHEMA, INTERNAL_SCHEMAS, ChunkRange, Hypertable,
                            chunk_hypertable_id)
 from cdc.type_catalog import TypeRow, describe

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator
 import psycopg
 from psycopg import sql
 
-from cdc.errors import SchemaError
+from cdc.core.errors import SchemaError
 from cdc.pgoutput import Column, Message, Relation, Truncate
 
 log = logging.getLogger(__name__)

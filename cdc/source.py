@@ -19,13 +19,13 @@ from confluent_kafka import KafkaException
 
 
 from cdc import initial_copy
-from cdc.config import Config
+from cdc.core.config import Config
 from cdc.dropped import DroppedRelations
-from cdc.errors import ConnectionLost, DeliveryError, ReplicationError
+from cdc.core.errors import ConnectionLost, DeliveryError, ReplicationError
 from cdc.failpoints import failpoint
 from cdc.event_builder import EventBuilder, SiteIdentity
 from cdc.health import Health
-from cdc.lsn import format_lsn, parse_lsn
+from cdc.core.lsn import format_lsn, parse_lsn
 from cdc.metrics import source_metrics
 from cdc.retry import run_with_backoff
 from cdc.pgoutput import Commit, Message, decode_frame, decode_message

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc.config import Config
+from cdc.core.config import Config
 
 #: a site whose last applied transaction is older than this (heartbeats arrive every
 #: site.heartbeat_interval_s) is shown as "lagging"

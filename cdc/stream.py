@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import pq, sql
 
-from cdc.errors import ConnectionLost, ReplicationError
-from cdc.lsn import format_lsn, parse_lsn
+from cdc.core.errors import ConnectionLost, ReplicationError
+from cdc.core.lsn import format_lsn, parse_lsn
 from cdc.pgoutput import PG_EPOCH_US_OFFSET, encode_standby_status
 from cdc.pgsession import pinned_conninfo
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from cdc.avro import read_fingerprint
-from cdc.config import KafkaConfig
-from cdc.errors import ConnectionLost, SchemaError
-from cdc.lsn import format_lsn
+from cdc.core.config import KafkaConfig
+from cdc.core.errors import ConnectionLost, SchemaError
+from cdc.core.lsn import format_lsn
 from cdc.event_builder import CONTROL_KEY
 from cdc.schema_store import SchemaResolver
 from cdc.topics import client_config

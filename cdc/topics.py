@@ -10,8 +10,8 @@ from typing import Any, Callable
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from cdc.config import KafkaConfig
-from cdc.errors import DeliveryError
+from cdc.core.config import KafkaConfig
+from cdc.core.errors import DeliveryError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Callable
 
-from cdc.errors import TypeMappingError
+from cdc.core.errors import TypeMappingError
 from cdc.temporal import (date_days, date_text, time_micros, time_text, timestamp_micros,
                           timestamp_text)
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 import psycopg
 from psycopg import sql
 
-from cdc.lsn import parse_lsn
+from cdc.core.lsn import parse_lsn
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import psycopg
 from cachetools import LRUCache
 from psycopg import sql
 
-from cdc.errors import ApplyError
+from cdc.core.errors import ApplyError
 from cdc.failpoints import failpoint
 from sinks import copy_text, sql as q
 from sinks.batcher import Append, ChangeOne, Delete, Patch, RemoveOne, Step, Truncate, Upsert

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cdc.errors import ApplyError, ProgressError
+from cdc.core.errors import ApplyError, ProgressError
 from sinks.changes import Change, TableVersion
 
 

@@ -12,7 +12,7 @@ from operator import itemgetter
 from typing import Any, Callable
 
 from cdc.avro import Codec
-from cdc.errors import SchemaError
+from cdc.core.errors import SchemaError
 from cdc.type_catalog import TypeDef
 from cdc.values import KIND_UUID, kind_of_avro_type, text_converter
 

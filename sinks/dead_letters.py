@@ -21,9 +21,9 @@ import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from psycopg import sql
 
-from cdc.config import Config, KafkaConfig
-from cdc.errors import ConnectionLost, TributaryError
-from cdc.lsn import format_lsn
+from cdc.core.config import Config, KafkaConfig
+from cdc.core.errors import ConnectionLost, TributaryError
+from cdc.core.lsn import format_lsn
 from cdc.topics import client_config, ensure_topic
 from sinks.batcher import DeadTx
 from sinks.sql import META_SCHEMA

@@ -21,7 +21,7 @@ from cachetools import FIFOCache
 from fastavro import parse_schema, schemaless_reader
 
 from cdc.avro import OPS, Codec, without_logical_types
-from cdc.errors import SchemaError
+from cdc.core.errors import SchemaError
 from cdc.values import decimal_params, has_special, kind_of_avro_type, text_converter
 from sinks.changes import Change, TableVersion
 

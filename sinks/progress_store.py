@@ -17,8 +17,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from cdc.errors import Fenced
-from cdc.lsn import format_lsn, parse_lsn
+from cdc.core.errors import Fenced
+from cdc.core.lsn import format_lsn, parse_lsn
 from sinks.batcher import FROM_BEGINNING, AppliedTx, Identity
 from sinks.sql import META_SCHEMA
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from cdc.avro import read_fingerprint
-from cdc.config import KafkaConfig
-from cdc.errors import ApplyError, DecodeError
+from cdc.core.config import KafkaConfig
+from cdc.core.errors import ApplyError, DecodeError
 from cdc.schema_store import SchemaResolver
 from sinks import progress_store
 from sinks.batcher import SiteStream

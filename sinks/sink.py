@@ -24,12 +24,12 @@ from typing import Any, Callable
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from cdc.config import Config
-from cdc.errors import (ApplyError, ConnectionLost, DecodeError, Fenced, GroupStuck, ProgressError,
+from cdc.core.config import Config
+from cdc.core.errors import (ApplyError, ConnectionLost, DecodeError, Fenced, GroupStuck, ProgressError,
                         SchemaError)
 from cdc.failpoints import failpoint
 from cdc.health import Health
-from cdc.lsn import format_lsn
+from cdc.core.lsn import format_lsn
 from cdc.metrics import OP_NAMES, sink_metrics
 from cdc.pgsession import pinned_conninfo
 from cdc.retry import run_with_backoff

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from cdc.config import KafkaConfig
+from cdc.core.config import KafkaConfig
 from sinks.sql import META_SCHEMA
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from typing import Any
 
 from psycopg import sql
 
-from cdc.errors import SchemaError
+from cdc.core.errors import SchemaError
 from cdc.type_catalog import TypeDef
 from sinks.changes import ColumnDef
 

@@ -20,7 +20,7 @@ import psycopg
 from cachetools import LRUCache
 from psycopg import sql
 
-from cdc.errors import ApplyError
+from cdc.core.errors import ApplyError
 from cdc.pgsession import pinned_conninfo
 from cdc.type_catalog import TypeDef
 from sinks import sql as q

@@ -11,7 +11,7 @@ from typing import Callable
 
 import psycopg
 
-from cdc.config import load_config
+from cdc.core.config import load_config
 from devenv.pipeline import Daemon, cloud_config, count, execute, rows_of, wait_until
 from tests.integration.sites import TABLES, TIMEOUT, Pipeline
 from tests.integration.test_faults import read_messages, read_topic, write_topic

@@ -18,7 +18,7 @@ from typing import Callable
 import psycopg
 import pytest
 
-from cdc.config import load_config
+from cdc.core.config import load_config
 from devenv.fault_check import AUDIT
 from devenv.fault_workload import bump_versions, mixed, workloads
 from devenv.pipeline import Daemon, cloud_config, count, execute, rows_of, wait_until

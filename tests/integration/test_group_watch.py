@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from cdc.config import load_config
+from cdc.core.config import load_config
 from devenv.pipeline import Daemon, cloud_config, execute, wait_until
 from tests.integration.sites import TIMEOUT, Pipeline
 

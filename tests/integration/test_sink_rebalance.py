@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from cdc.config import load_config
+from cdc.core.config import load_config
 from devenv.pipeline import cloud_config
 from sinks import progress_store
 from sinks.sink import Sink, _ApplyWorker

@@ -40,7 +40,7 @@ def topic_events(p: Pipeline, site: str) -> list[dict[str, Any]]:
     from confluent_kafka import Consumer, TopicPartition
 
     from cdc.avro import read_fingerprint
-    from cdc.config import load_config
+    from cdc.core.config import load_config
     from cdc.schema_store import SchemaResolver
 
     kafka = load_config(p.sink.config).kafka

@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 from confluent_kafka import Producer
 
-from cdc.config import KafkaConfig
+from cdc.core.config import KafkaConfig
 from cdc.event_builder import EventBuilder, SiteIdentity
-from cdc.lsn import format_lsn
+from cdc.core.lsn import format_lsn
 from cdc.pgoutput import Begin, Commit, Relation, Truncate, decode_message
 from cdc.schema_store import SchemaPublisher
 from cdc.timescale import ChunkRange, TimescaleFilter

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from cdc.errors import ApplyError
+from cdc.core.errors import ApplyError
 from sinks.batcher import Delete, Patch, SiteStream, Truncate, Upsert, plan
 from sinks.changes import Change, ColumnDef, TableVersion
 
@@ -268,7 +268,7 @@ def test_a_new_session_from_the_slots_confirmed_point_is_redelivery() -> None:
 def test_a_session_starting_below_what_the_cloud_holds_with_new_transactions_stops_the_site(
 ) -> None:
     """The slot was created again, or the site restored: LSNs went backwards for one identity."""
-    from cdc.errors import ProgressError
+    from cdc.core.errors import ProgressError
     s = SiteStream("a", None)
     whole(s, linked(500, 50, first=True), [ins(1)], 0)
     assert applied_keys(s) == [1]
@@ -279,7 +279,7 @@ def test_a_session_starting_below_what_the_cloud_holds_with_new_transactions_sto
 def test_a_slot_created_again_above_what_the_cloud_holds_stops_the_site() -> None:
     """snapshot = "never": the new slot starts at the site's current WAL; what happened between
     the old slot's last transaction and the new slot's start never reaches the cloud."""
-    from cdc.errors import ProgressError
+    from cdc.core.errors import ProgressError
     s = SiteStream("a", None)
     whole(s, linked(500, 50, first=True), [ins(1)], 0)
     assert applied_keys(s) == [1]
@@ -290,7 +290,7 @@ def test_a_slot_created_again_above_what_the_cloud_holds_stops_the_site() -> Non
 def test_a_replay_skips_transactions_of_the_sites_earlier_identity() -> None:
     """The slot (or timeline) changed: a replay from the topic's start reads the old identity's
     transactions again, whose LSNs say nothing next to the new one's; they are skipped."""
-    from cdc.errors import ProgressError
+    from cdc.core.errors import ProgressError
     s = SiteStream("a", None)
     o = whole(s, begin(900), [ins(1)], 0)  # identity "sys" up to 900
     o = whole(s, begin(100, system="new"), [ins(2)], o)  # a new identity, lower LSNs

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from cdc.config import load_config, redact_dsn
-from cdc.errors import ConfigError
+from cdc.core.config import load_config, redact_dsn
+from cdc.core.errors import ConfigError
 
 SITE = """
 [site]

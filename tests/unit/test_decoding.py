@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 
 from cdc.avro import read_fingerprint
-from cdc.errors import SchemaError
+from cdc.core.errors import SchemaError
 from cdc.pgoutput import UNCHANGED_TOAST, Begin, Column, Commit, Delete, Insert, Relation, Update
 from sinks.changes import TableVersion
 from sinks.decoding import EnvelopeDecoder

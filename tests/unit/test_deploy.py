@@ -4,7 +4,7 @@ Grafana dashboard. Fast and offline, no server:
 - the kustomize base and example overlay are rendered with ``kubectl kustomize`` (skipped where
   kubectl is missing) and every document is validated against the Kubernetes 1.31 OpenAPI schemas
   that the ``kubernetes-validate`` package ships; the TOML in every ConfigMap loads with the
-  project's own ``cdc.config.load_config``, with the environment the Deployment gives it;
+  project's own ``cdc.core.config.load_config``, with the environment the Deployment gives it;
 - docker-compose.yml is validated against the compose-spec JSON schema vendored in
   ``check-jsonschema``; its mounts, dependencies and TOML configs are checked the same way;
 - the dashboard: no JSON schema of Grafana dashboards is published as a PyPI or npm package
@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from cdc.config import Config, load_config
+from cdc.core.config import Config, load_config
 from cdc.metrics import metric_names, sink_metrics, source_metrics
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from cdc.avro import Codec, read_fingerprint, without_logical_types
-from cdc.errors import DecodeError
+from cdc.core.errors import DecodeError
 from cdc.event_builder import CONTROL_KEY, EventBuilder, SiteIdentity
 from cdc.pgoutput import (
     UNCHANGED_TOAST, Begin, Column, Commit, Delete, Insert, Relation, Truncate, Update,

@@ -11,7 +11,7 @@ from typing import Iterator
 import pytest
 
 from cdc import failpoints
-from cdc.errors import ConfigError, ConnectionLost
+from cdc.core.errors import ConfigError, ConnectionLost
 from cdc.failpoints import CRASH_EXIT, FailpointConfigError, FailpointError, failpoint, parse
 
 REPO = Path(__file__).resolve().parents[2]

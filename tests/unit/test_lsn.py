@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.lsn import LSN_MAX, format_lsn, parse_lsn
+from cdc.core.lsn import LSN_MAX, format_lsn, parse_lsn
 
 
 @pytest.mark.parametrize(

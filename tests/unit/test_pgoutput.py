@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.errors import DecodeError, TributaryError
-from cdc.lsn import parse_lsn
+from cdc.core.errors import DecodeError, TributaryError
+from cdc.core.lsn import parse_lsn
 from cdc.pgoutput import (
     PG_EPOCH_US_OFFSET,
     UNCHANGED_TOAST,

@@ -14,7 +14,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from cdc.avro import read_fingerprint
-from cdc.errors import SchemaError
+from cdc.core.errors import SchemaError
 from cdc.event_builder import EventBuilder
 from cdc.pgoutput import Begin, Column, Commit, Insert, Relation, Update
 from cdc.registry import RegistryFraming, RegistrySchemas, subject_of

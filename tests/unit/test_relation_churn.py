@@ -14,7 +14,7 @@ import pytest
 from cdc import event_builder
 from cdc.avro import Codec
 from cdc.dropped import DroppedRelations
-from cdc.errors import SchemaError
+from cdc.core.errors import SchemaError
 from cdc.event_builder import EventBuilder
 from cdc.pgoutput import Begin, Column, Commit, Insert, Relation
 from cdc.timescale import CHUNK_SCHEMA, Hypertable, TimescaleFilter

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from cdc.errors import ConnectionLost
+from cdc.core.errors import ConnectionLost
 from cdc.retry import Backoff, run_with_backoff
 
 

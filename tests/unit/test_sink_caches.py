@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 
 from cdc.avro import Codec, read_fingerprint
-from cdc.config import KafkaConfig
+from cdc.core.config import KafkaConfig
 from cdc.pgoutput import Begin, Column, Commit, Insert, Relation
 from cdc.registry import RegistrySchemas
 from cdc.schema_store import SchemaRegistry

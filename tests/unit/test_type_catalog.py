@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdc.errors import TypeMappingError
+from cdc.core.errors import TypeMappingError
 from cdc.type_catalog import TypeDef, TypeRow, describe
 from cdc.values import column_type
 

@@ -8,7 +8,7 @@ from typing import Callable
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from cdc.errors import TypeMappingError
+from cdc.core.errors import TypeMappingError
 from cdc.temporal import (DAY_US, _timestamp_micros_any, days_from_civil, timestamp_micros,
                           timestamp_text)
 from cdc.values import (CONVERTERS, avro_type, builtin_type_sql, column_type, converter,

@@ -21,7 +21,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cdc.errors import ConfigError
+from cdc.core.errors import ConfigError
 
 SITE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}\Z")
 _SECRET_KEY_RE = re.compile(r"password|secret|token|key\.pem|jaas|user\.info", re.IGNORECASE)
