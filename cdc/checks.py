@@ -10,7 +10,7 @@ from confluent_kafka.admin import AdminClient
 
 from cdc.core.config import Config, redact_dsn
 from cdc.slots import list_tables, slot_state, timescaledb_version
-from cdc.topics import client_config
+from cdc.runtime.topics import client_config
 from cdc.core.errors import TributaryError
 
 

@@ -29,11 +29,11 @@ LOG_FORMAT_OPTION = click.option(
 def _load(config_path: str, log_format: str | None) -> Config:
     try:
         config = load_config(config_path)
-        from cdc import failpoints  # parses TRIBUTARY_FAILPOINTS: an unknown name exits 2
+        from cdc.runtime import failpoints  # parses TRIBUTARY_FAILPOINTS: an unknown name exits 2
     except ConfigError as exc:
         click.echo(f"cdc: config error: {exc}", err=True)
         sys.exit(2)
-    from cdc.logs import setup_logging
+    from cdc.runtime.logs import setup_logging
     setup_logging(log_format or config.log.format, config.log.level)
     if failpoints.armed():
         log.warning("failpoints armed (tests only)", extra={"failpoints": failpoints.armed()})
@@ -81,7 +81,7 @@ def _serve_and_run(name: str, config: Config, factory: Callable[[], Any]) -> Non
     daemon = _construct(factory)
     server = None
     if config.metrics.port is not None:
-        from cdc.health import MetricsServer
+        from cdc.runtime.health import MetricsServer
         try:
             server = MetricsServer(config.metrics.host, config.metrics.port,
                                    daemon.metrics.registry, daemon.health,
@@ -306,7 +306,7 @@ def verify_command(config_path: str, cloud_path: str, patterns: tuple[str, ...],
         sys.exit(2)
     import psycopg
 
-    from cdc.pgsession import pinned_conninfo
+    from cdc.runtime.pgsession import pinned_conninfo
     from cdc.slots import list_tables, matches
     from cdc.verify import report, verify
     site, sink = site_config.site, cloud_config.sink
@@ -359,7 +359,7 @@ def source_snapshot(config_path: str, tables: tuple[str, ...], cancel: bool) -> 
     site = config.need_site()
     import psycopg
 
-    from cdc.pgsession import pinned_conninfo
+    from cdc.runtime.pgsession import pinned_conninfo
     from cdc.snapshot import Snapshots, cancel as cancel_table
     try:
         with psycopg.connect(pinned_conninfo(site.dsn), autocommit=True) as conn:
@@ -420,7 +420,7 @@ def sink_remove_site(config_path: str, site_id: str, yes: bool) -> None:
         click.confirm(f"Delete every row of site {site_id!r} from the cloud database?", abort=True)
     import psycopg
 
-    from cdc.pgsession import pinned_conninfo
+    from cdc.runtime.pgsession import pinned_conninfo
     from sinks.site_removal import remove_site
     try:
         with psycopg.connect(pinned_conninfo(sink_cfg.dsn)) as conn:

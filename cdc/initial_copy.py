@@ -39,9 +39,9 @@ import psycopg
 from psycopg import sql
 
 from cdc.core.errors import DeliveryError, SchemaError
-from cdc.failpoints import failpoint
+from cdc.runtime.failpoints import failpoint
 from cdc.pgoutput import Begin, Commit, Truncate
-from cdc.pgsession import pinned_conninfo
+from cdc.runtime.pgsession import pinned_conninfo
 from cdc.snapshot import (
     PROGRESS_TABLE, TableKey, describe_table, ensure_progress_table, key_params, key_tuple,
 )

@@ -47,7 +47,7 @@ def running_members(config: Config) -> int:
     from confluent_kafka import ConsumerGroupState
     from confluent_kafka.admin import AdminClient
 
-    from cdc.topics import client_config
+    from cdc.runtime.topics import client_config
     group = config.need_sink().group_id
     admin = AdminClient(client_config(config.kafka))
     future = admin.describe_consumer_groups([group], request_timeout=10)[group]
@@ -62,7 +62,7 @@ def plan(config: Config, sites: list[str], to_time: datetime | None,
     """What a rewind would do, per site topic (partition 0: a site topic has one)."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    from cdc.topics import client_config
+    from cdc.runtime.topics import client_config
     from sinks import progress_store
     sink, kafka = config.need_sink(), config.kafka
     with psycopg.connect(sink.dsn) as conn:

@@ -19,7 +19,7 @@ from cdc.avro import REGISTRY_ID_BASE, Codec, schema_json
 from cdc.core.config import KafkaConfig
 from cdc.core.errors import DeliveryError, SchemaError
 from cdc.registry import RegistrySchemas, registry_client
-from cdc.topics import client_config, ensure_topic
+from cdc.runtime.topics import client_config, ensure_topic
 
 log = logging.getLogger(__name__)
 

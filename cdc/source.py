@@ -22,14 +22,14 @@ from cdc import initial_copy
 from cdc.core.config import Config
 from cdc.dropped import DroppedRelations
 from cdc.core.errors import ConnectionLost, DeliveryError, ReplicationError
-from cdc.failpoints import failpoint
+from cdc.runtime.failpoints import failpoint
 from cdc.event_builder import EventBuilder, SiteIdentity
-from cdc.health import Health
+from cdc.runtime.health import Health
 from cdc.core.lsn import format_lsn, parse_lsn
-from cdc.metrics import source_metrics
-from cdc.retry import run_with_backoff
+from cdc.runtime.metrics import source_metrics
+from cdc.runtime.retry import run_with_backoff
 from cdc.pgoutput import Commit, Message, decode_frame, decode_message
-from cdc.pgsession import pinned_conninfo
+from cdc.runtime.pgsession import pinned_conninfo
 from cdc.producer import EventProducer
 from cdc.progress import SourceProgress
 from cdc.registry import Framing, RegistryFraming, SelfContained, registry_client
@@ -46,7 +46,7 @@ from cdc.snapshot import PREFIX as SNAPSHOT_PREFIX
 from cdc.snapshot import Snapshots, TableKey
 from cdc.timescale import TimescaleFilter
 from cdc.topic_tail import last_published, wal_went_back
-from cdc.topics import ensure_topic
+from cdc.runtime.topics import ensure_topic
 
 log = logging.getLogger(__name__)
 

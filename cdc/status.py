@@ -98,7 +98,7 @@ def _topic_ends(config: Config, topics: list[str]) -> dict[str, int]:
         return {}
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    from cdc.topics import client_config
+    from cdc.runtime.topics import client_config
     consumer = Consumer(client_config(config.kafka, **{"group.id": "tributary-status",
                                                        "enable.auto.commit": False}))
     out = {}

@@ -17,7 +17,7 @@ from psycopg import pq, sql
 from cdc.core.errors import ConnectionLost, ReplicationError
 from cdc.core.lsn import format_lsn, parse_lsn
 from cdc.pgoutput import PG_EPOCH_US_OFFSET, encode_standby_status
-from cdc.pgsession import pinned_conninfo
+from cdc.runtime.pgsession import pinned_conninfo
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ Avro's ``date`` counts days and ``timestamp-micros`` microseconds from 1970-01-0
 range is far wider than Python's ``datetime`` (4713 BC to 5874897 AD for dates, 294276 AD for
 timestamps), so the conversions here work on the proleptic Gregorian calendar PostgreSQL uses,
 with astronomical years (1 BC is year 0). Text is PostgreSQL's ISO output (``DateStyle=ISO``,
-pinned on every connection by :mod:`cdc.pgsession`); the text written back is accepted by any
+pinned on every connection by :mod:`cdc.runtime.pgsession`); the text written back is accepted by any
 PostgreSQL input function under any DateStyle.
 
 Pure: text in, numbers out, and the reverse.

@@ -24,7 +24,7 @@ from cdc.core.errors import ConnectionLost, SchemaError
 from cdc.core.lsn import format_lsn
 from cdc.event_builder import CONTROL_KEY
 from cdc.schema_store import SchemaResolver
-from cdc.topics import client_config
+from cdc.runtime.topics import client_config
 
 
 @dataclass(frozen=True, slots=True)

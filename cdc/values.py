@@ -143,7 +143,7 @@ def _text(raw: bytes) -> str:
 
 
 def bytea_value(raw: bytes) -> bytes:
-    """bytea's hex output (``\\x0a1b``, pinned by :mod:`cdc.pgsession`) -> the bytes."""
+    """bytea's hex output (``\\x0a1b``, pinned by :mod:`cdc.runtime.pgsession`) -> the bytes."""
     if raw[:2] != b"\\x":
         raise ValueError(f"bytea not in hex output form: {raw[:10]!r}")
     return unhexlify(raw[2:])

@@ -17,7 +17,7 @@ from cachetools import LRUCache
 from psycopg import sql
 
 from cdc.core.errors import ApplyError
-from cdc.failpoints import failpoint
+from cdc.runtime.failpoints import failpoint
 from sinks import copy_text, sql as q
 from sinks.batcher import Append, ChangeOne, Delete, Patch, RemoveOne, Step, Truncate, Upsert
 from sinks.changes import ColumnDef

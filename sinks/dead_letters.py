@@ -24,7 +24,7 @@ from psycopg import sql
 from cdc.core.config import Config, KafkaConfig
 from cdc.core.errors import ConnectionLost, TributaryError
 from cdc.core.lsn import format_lsn
-from cdc.topics import client_config, ensure_topic
+from cdc.runtime.topics import client_config, ensure_topic
 from sinks.batcher import DeadTx
 from sinks.sql import META_SCHEMA
 

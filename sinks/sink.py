@@ -27,13 +27,13 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from cdc.core.config import Config
 from cdc.core.errors import (ApplyError, ConnectionLost, DecodeError, Fenced, GroupStuck, ProgressError,
                         SchemaError)
-from cdc.failpoints import failpoint
-from cdc.health import Health
+from cdc.runtime.failpoints import failpoint
+from cdc.runtime.health import Health
 from cdc.core.lsn import format_lsn
-from cdc.metrics import OP_NAMES, sink_metrics
-from cdc.pgsession import pinned_conninfo
-from cdc.retry import run_with_backoff
-from cdc.topics import client_config, kafka_error_logger
+from cdc.runtime.metrics import OP_NAMES, sink_metrics
+from cdc.runtime.pgsession import pinned_conninfo
+from cdc.runtime.retry import run_with_backoff
+from cdc.runtime.topics import client_config, kafka_error_logger
 from sinks import dead_letters, progress_store
 from sinks.applier import Applier
 from sinks.batcher import FROM_BEGINNING, AppliedTx, DeadTx, SiteStream, Step, plan

@@ -21,7 +21,7 @@ from cachetools import LRUCache
 from psycopg import sql
 
 from cdc.core.errors import ApplyError
-from cdc.pgsession import pinned_conninfo
+from cdc.runtime.pgsession import pinned_conninfo
 from cdc.type_catalog import TypeDef
 from sinks import sql as q
 from sinks.changes import ColumnDef, TableVersion

@@ -9,7 +9,7 @@ Grafana dashboard. Fast and offline, no server:
   ``check-jsonschema``; its mounts, dependencies and TOML configs are checked the same way;
 - the dashboard: no JSON schema of Grafana dashboards is published as a PyPI or npm package
   (``@grafana/schema`` ships TypeScript types only), so it gets structural checks, and every
-  metric name in its queries must be one that ``cdc.metrics`` exposes.
+  metric name in its queries must be one that ``cdc.runtime.metrics`` exposes.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from cdc.core.config import Config, load_config
-from cdc.metrics import metric_names, sink_metrics, source_metrics
+from cdc.runtime.metrics import metric_names, sink_metrics, source_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
@@ -543,7 +543,7 @@ def test_dashboard_queries_use_exposed_metrics(dashboard: dict[str, Any]) -> Non
     for expr in exprs:
         assert _balanced(expr), f"unbalanced: {expr}"
         for name in re.findall(r"tributary_[a-z_]+", expr):
-            assert name in exposed, f"{name} (in {expr}) is not exposed by cdc.metrics"
+            assert name in exposed, f"{name} (in {expr}) is not exposed by cdc.runtime.metrics"
             used.add(name)
         # label matchers name labels the metric has
         for name, matchers in re.findall(r"(tributary_[a-z_]+)\{([^}]*)\}", expr):

@@ -10,9 +10,9 @@ from typing import Iterator
 
 import pytest
 
-from cdc import failpoints
+from cdc.runtime import failpoints
 from cdc.core.errors import ConfigError, ConnectionLost
-from cdc.failpoints import CRASH_EXIT, FailpointConfigError, FailpointError, failpoint, parse
+from cdc.runtime.failpoints import CRASH_EXIT, FailpointConfigError, FailpointError, failpoint, parse
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -87,7 +87,7 @@ def _python(code: str, spec: str) -> subprocess.CompletedProcess[str]:
 def test_crash_exits_at_once_like_kill9_and_the_variable_is_read_at_import() -> None:
     res = _python("import atexit, sys\n"
                   "atexit.register(lambda: print('atexit ran'))\n"
-                  "from cdc.failpoints import failpoint\n"
+                  "from cdc.runtime.failpoints import failpoint\n"
                   "failpoint('sink.after_cloud_commit'); print('first')\n"
                   "failpoint('sink.after_cloud_commit'); print('second')\n",
                   "sink.after_cloud_commit=crash@2")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
-from cdc.health import Health, MetricsServer
-from cdc.metrics import metric_names, sink_metrics, source_metrics
+from cdc.runtime.health import Health, MetricsServer
+from cdc.runtime.metrics import metric_names, sink_metrics, source_metrics
 
 
 def fetch(port: int, path: str) -> tuple[int, str]:

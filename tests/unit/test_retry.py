@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from cdc.core.errors import ConnectionLost
-from cdc.retry import Backoff, run_with_backoff
+from cdc.runtime.retry import Backoff, run_with_backoff
 
 
 def test_quick_failures_double_the_wait_up_to_30_s() -> None:

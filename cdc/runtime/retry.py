@@ -13,7 +13,7 @@ from typing import Callable
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_never
 
-log = logging.getLogger("cdc.retry")
+log = logging.getLogger("cdc.retry")  # the name logs have always shown
 
 FIRST_WAIT_S = 0.5
 MAX_WAIT_S = 30.0
