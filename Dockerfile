@@ -14,7 +14,6 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY cdc ./cdc
 COPY sinks ./sinks
-COPY devenv ./devenv
 COPY schemas ./schemas
 RUN pip install --no-cache-dir . \
     && rm -rf /src

@@ -313,9 +313,14 @@ def test_dockerfile() -> None:
     # what the package build needs: pyproject, its readme and every package it declares
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert {"pyproject.toml", pyproject["project"]["readme"]} <= set(copied)
-    for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]:
+    packaged = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    for pattern in packaged:
         package = pattern.rstrip("*")
         assert package in copied, f"package {package} is not copied into the image"
+    # development tools stay in the checkout: neither packaged nor in the image
+    for tool in ("devenv", "benchmarks"):
+        assert not any(p.rstrip("*") == tool for p in packaged), f"{tool} is packaged"
+        assert tool not in copied, f"{tool} is copied into the image"
     # the UID the manifests run as
     for dep in _kind(_render(OVERLAY), "Deployment") if shutil.which("kubectl") else []:
         assert dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == int(uid)
