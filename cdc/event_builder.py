@@ -22,8 +22,8 @@ from cachetools import LRUCache
 
 from cdc.avro import Codec, control_schema, envelope_schema, key_schema
 from cdc.avro_rows import BRANCH1, NULL, OP_BYTES, RowEncoder, text, toast_array, zigzag
-from cdc.enum_labels import enum_checks, unknown_label
 from cdc.core.errors import DecodeError
+from cdc.enum_labels import enum_checks, unknown_label
 from cdc.pgoutput import (UNCHANGED_TOAST, Begin, Commit, Delete, Insert, Message, Relation,
                           Truncate, Update, pg_us_to_unix_us)
 from cdc.registry import Framing, SelfContained

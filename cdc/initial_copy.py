@@ -39,8 +39,8 @@ import psycopg
 from psycopg import sql
 
 from cdc.core.errors import DeliveryError, SchemaError
-from cdc.runtime.failpoints import failpoint
 from cdc.pgoutput import Begin, Commit, Truncate
+from cdc.runtime.failpoints import failpoint
 from cdc.runtime.pgsession import pinned_conninfo
 from cdc.snapshot import (
     PROGRESS_TABLE, TableKey, describe_table, ensure_progress_table, key_params, key_tuple,

@@ -20,19 +20,20 @@ from confluent_kafka import KafkaException
 
 from cdc import initial_copy
 from cdc.core.config import Config
-from cdc.dropped import DroppedRelations
 from cdc.core.errors import ConnectionLost, DeliveryError, ReplicationError
-from cdc.runtime.failpoints import failpoint
-from cdc.event_builder import EventBuilder, SiteIdentity
-from cdc.runtime.health import Health
 from cdc.core.lsn import format_lsn, parse_lsn
-from cdc.runtime.metrics import source_metrics
-from cdc.runtime.retry import run_with_backoff
+from cdc.dropped import DroppedRelations
+from cdc.event_builder import EventBuilder, SiteIdentity
 from cdc.pgoutput import Commit, Message, decode_frame, decode_message
-from cdc.runtime.pgsession import pinned_conninfo
 from cdc.producer import EventProducer
 from cdc.progress import SourceProgress
 from cdc.registry import Framing, RegistryFraming, SelfContained, registry_client
+from cdc.runtime.failpoints import failpoint
+from cdc.runtime.health import Health
+from cdc.runtime.metrics import source_metrics
+from cdc.runtime.pgsession import pinned_conninfo
+from cdc.runtime.retry import run_with_backoff
+from cdc.runtime.topics import ensure_topic
 from cdc.schema_store import SchemaPublisher
 from cdc.slots import (
     ChunkCatalog, SiteTable, column_lookup, create_slot_exporting, dropped_relations,
@@ -41,12 +42,11 @@ from cdc.slots import (
     unchanged_lookup, unused_since_creation,
     timescaledb_version, type_lookup,
 )
-from cdc.stream import ReplicationStream, identify_system, now_pg_us, open_replication
 from cdc.snapshot import PREFIX as SNAPSHOT_PREFIX
 from cdc.snapshot import Snapshots, TableKey
+from cdc.stream import ReplicationStream, identify_system, now_pg_us, open_replication
 from cdc.timescale import TimescaleFilter
 from cdc.topic_tail import last_published, wal_went_back
-from cdc.runtime.topics import ensure_topic
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from cdc.core.config import KafkaConfig
 from cdc.core.errors import ConnectionLost, SchemaError
 from cdc.core.lsn import format_lsn
 from cdc.event_builder import CONTROL_KEY
-from cdc.schema_store import SchemaResolver
 from cdc.runtime.topics import client_config
+from cdc.schema_store import SchemaResolver
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,11 +25,11 @@ import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from cdc.core.config import Config
-from cdc.core.errors import (ApplyError, ConnectionLost, DecodeError, Fenced, GroupStuck, ProgressError,
-                        SchemaError)
+from cdc.core.errors import (ApplyError, ConnectionLost, DecodeError, Fenced, GroupStuck,
+                             ProgressError, SchemaError)
+from cdc.core.lsn import format_lsn
 from cdc.runtime.failpoints import failpoint
 from cdc.runtime.health import Health
-from cdc.core.lsn import format_lsn
 from cdc.runtime.metrics import OP_NAMES, sink_metrics
 from cdc.runtime.pgsession import pinned_conninfo
 from cdc.runtime.retry import run_with_backoff

@@ -10,8 +10,8 @@ from typing import Iterator
 
 import pytest
 
-from cdc.runtime import failpoints
 from cdc.core.errors import ConfigError, ConnectionLost
+from cdc.runtime import failpoints
 from cdc.runtime.failpoints import CRASH_EXIT, FailpointConfigError, FailpointError, failpoint, parse
 
 REPO = Path(__file__).resolve().parents[2]

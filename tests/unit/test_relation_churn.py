@@ -13,8 +13,8 @@ import pytest
 
 from cdc import event_builder
 from cdc.avro import Codec
-from cdc.dropped import DroppedRelations
 from cdc.core.errors import SchemaError
+from cdc.dropped import DroppedRelations
 from cdc.event_builder import EventBuilder
 from cdc.pgoutput import Begin, Column, Commit, Insert, Relation
 from cdc.timescale import CHUNK_SCHEMA, Hypertable, TimescaleFilter
