@@ -50,11 +50,15 @@ def test_a_reset_cut_breaks_open_connections_and_refuses_new_ones(pg_factory: An
     cluster = pg_factory("proxy_target")
     with TcpProxy(cluster.port) as proxy:
         dsn = f"host=127.0.0.1 port={proxy.port} user=postgres dbname=postgres connect_timeout=5"
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        # not "with": its exit would send COMMIT on a connection the cut left mid-query
+        conn = psycopg.connect(dsn, autocommit=True)
+        try:
             conn.execute("SELECT 1")
             proxy.cut("reset")
             with pytest.raises(psycopg.OperationalError):
                 conn.execute("SELECT 1")
+        finally:
+            conn.close()
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(dsn)
         proxy.restore()
