@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from cdc.relations import TableInfo
+from cdc.core.wire.model import TableInfo
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,27 +20,21 @@ from typing import Callable
 
 from cachetools import LRUCache
 
-from cdc.avro import Codec, control_schema, envelope_schema, key_schema
-from cdc.avro_rows import BRANCH1, NULL, OP_BYTES, RowEncoder, text, toast_array, zigzag
+from cdc.core.wire.avro import Codec, control_schema, envelope_schema, key_schema
+from cdc.core.wire.row_encoder import BRANCH1, NULL, OP_BYTES, RowEncoder, text, toast_array, zigzag
 from cdc.core.errors import DecodeError
+from cdc.core.wire.model import CONTROL_KEY, POSITION_KEY, UNCHANGED_TOAST, Record, TableInfo
 from cdc.enum_labels import enum_checks, unknown_label
-from cdc.pgoutput import (UNCHANGED_TOAST, Begin, Commit, Delete, Insert, Message, Relation,
+from cdc.pgoutput import (Begin, Commit, Delete, Insert, Message, Relation,
                           Truncate, Update, pg_us_to_unix_us)
-from cdc.registry import Framing, SelfContained
-from cdc.relations import ColumnLookup, KeyLookup, RelationCache, TableInfo
+from cdc.runtime.registry import Framing, SelfContained
+from cdc.relations import ColumnLookup, KeyLookup, RelationCache
 from cdc.timescale import ChunkRange, ChunkTruncate, Hypertable
-from cdc.values import (KIND_DATE, KIND_INT, KIND_LONG, KIND_TIMESTAMP, KIND_TIMESTAMPTZ,
+from cdc.core.types.values import (KIND_DATE, KIND_INT, KIND_LONG, KIND_TIMESTAMP, KIND_TIMESTAMPTZ,
                         TypeLookup)
 
 log = logging.getLogger(__name__)
 
-#: Kafka key of control records (Begin, Commit): compacted topics need a key on every record.
-CONTROL_KEY = b"\x00tributary.tx"
-#: Kafka key of Position records: compaction keeps the latest
-POSITION_KEY = b"\x00tributary.position"
-
-Record = tuple[bytes, bytes | None]
-"""An encoded Kafka record: (key, value); value None is a tombstone."""
 
 #: table versions whose codecs are kept beyond the relations that use them now: a schema
 #: change, or a chunk described again, finds its version without rebuilding it; an evicted one

@@ -19,12 +19,12 @@ byte offset; this module imports only the standard library and :mod:`cdc.core.er
 
 from __future__ import annotations
 
-import enum
 import struct
 from dataclasses import dataclass, fields
 from typing import Callable, TypeAlias, Union
 
 from cdc.core.errors import DecodeError
+from cdc.core.wire.model import UNCHANGED_TOAST, UnchangedToast
 
 __all__ = [
     "PG_EPOCH_US_OFFSET",
@@ -229,20 +229,6 @@ class Type:
     name: str
 
 
-class UnchangedToast(enum.Enum):
-    """Type of :data:`UNCHANGED_TOAST`, the marker for a TOASTed value the change left unchanged."""
-
-    UNCHANGED_TOAST = "u"
-
-    def __repr__(self) -> str:
-        return "UNCHANGED_TOAST"
-
-    __str__ = __repr__
-
-
-#: Column value ``'u'``: an out-of-line TOASTed value that the change did not modify; the server
-#: did not send it, a consumer must keep the value it already has.
-UNCHANGED_TOAST = UnchangedToast.UNCHANGED_TOAST
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,15 +7,14 @@ SQL name of a non-built-in type, come in through a lookup passed by the caller.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable
 
 from cdc.core.errors import SchemaError
+from cdc.core.wire.model import ColumnInfo, TableInfo, avro_field_name
 from cdc.pgoutput import Relation
 from cdc.timescale import Hypertable
-from cdc.type_catalog import TypeDef
-from cdc.values import TypeLookup, column_type
+from cdc.core.types.values import TypeLookup, column_type
 
 KeyLookup = Callable[[int], "tuple[str, ...] | None"]
 """Relation OID -> its primary key column names from the site catalog, or None."""
@@ -23,61 +22,6 @@ KeyLookup = Callable[[int], "tuple[str, ...] | None"]
 ColumnLookup = Callable[[int], "dict[str, tuple[int, str | None]]"]
 """Relation OID -> column name -> (attnum, the value rows older than the column read for it,
 from ``attmissingval``), from the site catalog."""
-
-_AVRO_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-
-def avro_field_name(name: str, index: int) -> str:
-    """An Avro-legal field name for a column; the PostgreSQL name travels beside it."""
-    if _AVRO_NAME.match(name):
-        return name
-    cleaned = re.sub(r"[^A-Za-z0-9_]", "_", name)
-    if not cleaned or cleaned[0].isdigit():
-        cleaned = "_" + cleaned
-    return f"{cleaned}__{index}"
-
-
-@dataclass(frozen=True, slots=True)
-class ColumnInfo:
-    """One column as the stream described it."""
-
-    name: str
-    field: str  # Avro field name
-    sql_type: str  # exact PostgreSQL type, e.g. "numeric(10,2)"
-    kind: str  # Avro kind, see cdc.values
-    is_key: bool
-    type_oid: int
-    type_modifier: int
-    domain: str | None = None  # the site's domain type, when the column travels as its base
-    defs: tuple[TypeDef, ...] = ()  # user-defined types the cloud must have for this column
-    extension: str | None = None  # the extension the column's type comes from
-    attnum: int | None = None  # from the catalog when the Relation message was read
-    missing: str | None = None  # what rows older than an added column hold (ADD ... DEFAULT)
-
-
-@dataclass(frozen=True, slots=True)
-class TableInfo:
-    """A table version: its identity, columns and key, from one Relation message."""
-
-    oid: int  # the table's OID (a chunk's hypertable for TimescaleDB; 0 when unknown)
-    schema: str
-    table: str
-    replica_identity: str
-    columns: tuple[ColumnInfo, ...]
-    hypertable: tuple[str, int | None] | None = None  # TimescaleDB: (time column, interval)
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.table}"
-
-    @property
-    def key_columns(self) -> tuple[ColumnInfo, ...]:
-        return tuple(c for c in self.columns if c.is_key)
-
-    @property
-    def nullable_key(self) -> bool:
-        """REPLICA IDENTITY FULL without a primary key: the whole row is the key, NULLs included."""
-        return self.replica_identity == "f" and len(self.key_columns) == len(self.columns)
 
 
 def _key_names(rel: Relation, key_lookup: KeyLookup | None, table_oid: int) -> set[str]:

@@ -19,8 +19,8 @@ from cdc.core.errors import ReplicationError
 from cdc.core.lsn import format_lsn, parse_lsn
 from cdc.timescale import (CHUNK_SCHEMA, INTERNAL_SCHEMAS, ChunkRange, Hypertable,
                            chunk_hypertable_id)
-from cdc.type_catalog import TypeRow, describe
-from cdc.values import ColumnType, TypeLookup
+from cdc.core.types.catalog import TypeRow, describe
+from cdc.core.types.values import ColumnType, TypeLookup
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +338,7 @@ def ensure_slot(repl_conn: psycopg.Connection, conn: psycopg.Connection, slot: s
 
 
 class SiteCatalog:
-    """The catalog queries :func:`cdc.type_catalog.describe` needs, on a site connection."""
+    """The catalog queries :func:`cdc.core.types.catalog.describe` needs, on a site connection."""
 
     def __init__(self, conn: psycopg.Connection) -> None:
         self._conn = conn
@@ -385,7 +385,7 @@ class SiteCatalog:
 
 
 class CatalogTypeLookup:
-    """A cached lookup of types the built-in table does not know (:mod:`cdc.type_catalog`);
+    """A cached lookup of types the built-in table does not know (:mod:`cdc.core.types.catalog`);
     ``forget()`` drops the cache when the stream says a type may have changed."""
 
     def __init__(self, conn: psycopg.Connection) -> None:

@@ -27,14 +27,14 @@ from cdc.event_builder import EventBuilder, SiteIdentity
 from cdc.pgoutput import Commit, Message, decode_frame, decode_message
 from cdc.producer import EventProducer
 from cdc.progress import SourceProgress
-from cdc.registry import Framing, RegistryFraming, SelfContained, registry_client
+from cdc.runtime.registry import Framing, RegistryFraming, SelfContained, registry_client
 from cdc.runtime.failpoints import failpoint
 from cdc.runtime.health import Health
 from cdc.runtime.metrics import source_metrics
 from cdc.runtime.pgsession import pinned_conninfo
 from cdc.runtime.retry import run_with_backoff
 from cdc.runtime.topics import ensure_topic
-from cdc.schema_store import SchemaPublisher
+from cdc.runtime.schema_store import SchemaPublisher
 from cdc.slots import (
     ChunkCatalog, SiteTable, column_lookup, create_slot_exporting, dropped_relations,
     ensure_publication, ensure_slot, hypertables,

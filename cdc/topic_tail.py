@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from cdc.avro import read_fingerprint
+from cdc.core.wire.avro import read_fingerprint
 from cdc.core.config import KafkaConfig
 from cdc.core.errors import ConnectionLost, SchemaError
 from cdc.core.lsn import format_lsn
-from cdc.event_builder import CONTROL_KEY
+from cdc.core.wire.model import CONTROL_KEY
 from cdc.runtime.topics import client_config
-from cdc.schema_store import SchemaResolver
+from cdc.runtime.schema_store import SchemaResolver
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,1 +1,1 @@
-"""The fixed Avro schemas (``*.avsc``): source block, Begin, Commit. Loaded by cdc.avro."""
+"""The fixed Avro schemas (``*.avsc``): source block, Begin, Commit. Loaded by cdc.core.wire.avro."""

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Callable
 
-from cdc.avro import Codec
+from cdc.core.wire.avro import Codec
 from cdc.core.errors import SchemaError
-from cdc.type_catalog import TypeDef
-from cdc.values import KIND_UUID, kind_of_avro_type, text_converter
+from cdc.core.types.catalog import TypeDef
+from cdc.core.types.values import KIND_UUID, kind_of_avro_type, text_converter
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from cdc.avro import read_fingerprint
+from cdc.core.wire.avro import read_fingerprint
 from cdc.core.config import KafkaConfig
 from cdc.core.errors import ApplyError, DecodeError
-from cdc.schema_store import SchemaResolver
+from cdc.runtime.schema_store import SchemaResolver
 from sinks import progress_store
 from sinks.batcher import SiteStream
 from sinks.changes import Change, TableVersion

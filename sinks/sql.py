@@ -12,7 +12,7 @@ from typing import Any
 from psycopg import sql
 
 from cdc.core.errors import SchemaError
-from cdc.type_catalog import TypeDef
+from cdc.core.types.catalog import TypeDef
 from sinks.changes import ColumnDef
 
 META_SCHEMA = "tributary"

@@ -22,7 +22,7 @@ from psycopg import sql
 
 from cdc.core.errors import ApplyError
 from cdc.runtime.pgsession import pinned_conninfo
-from cdc.type_catalog import TypeDef
+from cdc.core.types.catalog import TypeDef
 from sinks import sql as q
 from sinks.changes import ColumnDef, TableVersion
 

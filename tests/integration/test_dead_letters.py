@@ -146,8 +146,8 @@ def test_an_unreadable_change_record_sends_its_transaction_to_the_dead_letters(
         pipeline_factory: Callable[..., Pipeline], tmp_path: Path, unique_name) -> None:
     """A change record whose bytes do not decode (a copy of a real topic with one record's
     body cut): its transaction goes whole to the dead letters, the ones after it apply."""
-    from cdc.avro import read_fingerprint
-    from cdc.schema_store import SchemaResolver
+    from cdc.core.wire.avro import read_fingerprint
+    from cdc.runtime.schema_store import SchemaResolver
 
     p = pipeline_factory(sites=("a",)).start()
     a = p.site_dsn["a"]

@@ -188,8 +188,8 @@ def test_a_delivery_gap_never_applies_a_later_transaction_before_an_earlier_one(
     again. Built from a real source's records (two sessions of one slot, the slot put back
     between them with pg_copy_logical_replication_slot); a fresh sink reads the doctored copy.
     Every row of A must reach the cloud."""
-    from cdc.avro import read_fingerprint
-    from cdc.schema_store import SchemaResolver
+    from cdc.core.wire.avro import read_fingerprint
+    from cdc.runtime.schema_store import SchemaResolver
 
     p = pipeline_factory(sites=("a",)).start()
     a = p.site_dsn["a"]
@@ -283,8 +283,8 @@ def test_records_deleted_by_retention_before_the_sink_read_them_stop_that_site(
 
 def test_a_bad_record_stops_its_own_site_and_garbage_in_the_schema_topic_stops_nobody(
         pipeline_factory: Callable[..., Pipeline]) -> None:
-    from cdc.avro import Codec, control_schema
-    from cdc.event_builder import CONTROL_KEY
+    from cdc.core.wire.avro import Codec, control_schema
+    from cdc.core.wire.model import CONTROL_KEY
 
     p = pipeline_factory().start()
     p.sync("a")

@@ -39,9 +39,9 @@ def topic_events(p: Pipeline, site: str) -> list[dict[str, Any]]:
     """Every change event on a site's topic, decoded (Begin, Commit and tombstones left out)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from cdc.avro import read_fingerprint
+    from cdc.core.wire.avro import read_fingerprint
     from cdc.core.config import load_config
-    from cdc.schema_store import SchemaResolver
+    from cdc.runtime.schema_store import SchemaResolver
 
     kafka = load_config(p.sink.config).kafka
     topic = kafka.site_topic(site)

@@ -16,7 +16,7 @@ from cdc.core.lsn import format_lsn
 from cdc.event_builder import EventBuilder, SiteIdentity
 from cdc.pgoutput import Begin, Commit, Relation, Truncate, decode_message
 from cdc.runtime.topics import ensure_topic
-from cdc.schema_store import SchemaPublisher
+from cdc.runtime.schema_store import SchemaPublisher
 from cdc.timescale import ChunkRange, TimescaleFilter
 from devenv.pipeline import Daemon, cloud_config, site_applied_lsn, wait_until
 from tests.integration.sites import TIMEOUT

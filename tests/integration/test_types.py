@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from psycopg import sql
 
 from cdc.runtime.pgsession import pinned_conninfo
-from cdc.temporal import DAY_US, date_text, days_from_civil, time_text, timestamp_text
+from cdc.core.types.temporal import DAY_US, date_text, days_from_civil, time_text, timestamp_text
 from devenv.pipeline import execute, wait_until
 from tests.integration.sites import TIMEOUT, Pipeline
 

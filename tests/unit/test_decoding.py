@@ -7,7 +7,7 @@ import math
 import pytest
 from hypothesis import given, settings
 
-from cdc.avro import read_fingerprint
+from cdc.core.wire.avro import read_fingerprint
 from cdc.core.errors import SchemaError
 from cdc.pgoutput import UNCHANGED_TOAST, Begin, Column, Commit, Delete, Insert, Relation, Update
 from sinks.changes import TableVersion

@@ -10,15 +10,16 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from cdc.avro import Codec, read_fingerprint, without_logical_types
+from cdc.core.wire.avro import Codec, read_fingerprint, without_logical_types
 from cdc.core.errors import DecodeError
-from cdc.event_builder import CONTROL_KEY, EventBuilder, SiteIdentity
+from cdc.core.wire.model import CONTROL_KEY
+from cdc.event_builder import EventBuilder, SiteIdentity
 from cdc.pgoutput import (
     UNCHANGED_TOAST, Begin, Column, Commit, Delete, Insert, Relation, Truncate, Update,
     decode_message, pg_us_to_unix_us,
 )
-from cdc.temporal import (DAY_US, date_text, days_from_civil, time_text, timestamp_text)
-from cdc.values import converter, decimal_text, value_kind
+from cdc.core.types.temporal import (DAY_US, date_text, days_from_civil, time_text, timestamp_text)
+from cdc.core.types.values import converter, decimal_text, value_kind
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SITE = SiteIdentity("plant-1", "7300000000000000001", 1, "tributary_plant_1", "factory")

@@ -13,11 +13,11 @@ import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from cdc.avro import read_fingerprint
+from cdc.core.wire.avro import read_fingerprint
 from cdc.core.errors import SchemaError
 from cdc.event_builder import EventBuilder
 from cdc.pgoutput import Begin, Column, Commit, Insert, Relation, Update
-from cdc.registry import RegistryFraming, RegistrySchemas, subject_of
+from cdc.runtime.registry import RegistryFraming, RegistrySchemas, subject_of
 from sinks.changes import TableVersion
 from sinks.decoding import EnvelopeDecoder
 from tests.unit.test_event_builder import SITE

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from cdc import event_builder
-from cdc.avro import Codec
+from cdc.core.wire.avro import Codec
 from cdc.core.errors import SchemaError
 from cdc.dropped import DroppedRelations
 from cdc.event_builder import EventBuilder

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from psycopg import sql
 
-from cdc.avro import Codec, read_fingerprint
+from cdc.core.wire.avro import Codec, read_fingerprint
 from cdc.core.config import KafkaConfig
 from cdc.pgoutput import Begin, Column, Commit, Insert, Relation
-from cdc.registry import RegistrySchemas
-from cdc.schema_store import SchemaRegistry
+from cdc.runtime.registry import RegistrySchemas
+from cdc.runtime.schema_store import SchemaRegistry
 from sinks import applier as applier_module
 from sinks import tables as tables_module
 from sinks.applier import Applier
@@ -113,7 +113,7 @@ class _Client:
 
 
 def test_registry_schemas_are_bounded_and_fetched_again_equal() -> None:
-    from cdc.avro import REGISTRY_ID_BASE, schema_json
+    from cdc.core.wire.avro import REGISTRY_ID_BASE, schema_json
 
     _, codecs = envelopes()
     client = _Client({i: schema_json(c.schema) for i, c in enumerate(codecs.values(), 1)})

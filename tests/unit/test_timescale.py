@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastavro import parse_schema, schemaless_reader
 
-from cdc.avro import read_fingerprint
+from cdc.core.wire.avro import read_fingerprint
 from cdc.event_builder import EventBuilder
 from cdc.pgoutput import (Begin, Delete, Insert, Message, Relation, Truncate, Update,
                           decode_message)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cdc.core.errors import TypeMappingError
-from cdc.type_catalog import TypeDef, TypeRow, describe
-from cdc.values import column_type
+from cdc.core.types.catalog import TypeDef, TypeRow, describe
+from cdc.core.types.values import column_type
 
 NUMERIC_10_2 = (10 << 16 | 2) + 4
 

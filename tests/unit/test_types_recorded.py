@@ -9,7 +9,7 @@ import math
 import struct
 from pathlib import Path
 
-from cdc.avro import read_fingerprint
+from cdc.core.wire.avro import read_fingerprint
 from cdc.event_builder import EventBuilder
 from cdc.pgoutput import Insert, Relation, Update, decode_message
 from sinks.changes import TableVersion

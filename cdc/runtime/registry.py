@@ -26,7 +26,7 @@ from cachetools import LRUCache
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from cdc.avro import REGISTRY_ID_BASE, Codec, schema_json
+from cdc.core.wire.avro import REGISTRY_ID_BASE, Codec, schema_json
 from cdc.core.config import KafkaConfig
 from cdc.core.errors import ConnectionLost, SchemaError
 
@@ -42,7 +42,7 @@ class Framing(Protocol):
 
 
 class SelfContained:
-    """Single-object encoding; schemas go to the compacted schema topic (cdc.schema_store)."""
+    """Single-object encoding; schemas go to the compacted schema topic (cdc.runtime.schema_store)."""
 
     stable_names = False
 

@@ -1,7 +1,7 @@
 """Avro schemas of change events and their single-object framing.
 
 Fixed schemas (source block, Begin, Commit) live in ``schemas/*.avsc``. Per-table schemas are
-derived from a table version (:class:`cdc.relations.TableInfo`): an envelope with ``before``,
+derived from a table version (:class:`cdc.core.wire.model.TableInfo`): an envelope with ``before``,
 ``after``, ``op``, ``source`` and ``unchanged_toast``, and a key with the table identity and its
 key columns. Every column field records its exact PostgreSQL name and type (``pg.name``,
 ``pg.type``, ``pg.key``) so the sink can create and check the cloud table.
@@ -27,8 +27,8 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from cdc.core.errors import SchemaError
-from cdc.relations import TableInfo
-from cdc.values import avro_type
+from cdc.core.wire.model import TableInfo
+from cdc.core.types.values import avro_type
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 _FP = struct.Struct("<Q")

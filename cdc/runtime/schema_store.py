@@ -15,10 +15,10 @@ import uuid
 from cachetools import LRUCache
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from cdc.avro import REGISTRY_ID_BASE, Codec, schema_json
+from cdc.core.wire.avro import REGISTRY_ID_BASE, Codec, schema_json
 from cdc.core.config import KafkaConfig
 from cdc.core.errors import DeliveryError, SchemaError
-from cdc.registry import RegistrySchemas, registry_client
+from cdc.runtime.registry import RegistrySchemas, registry_client
 from cdc.runtime.topics import client_config, ensure_topic
 
 log = logging.getLogger(__name__)

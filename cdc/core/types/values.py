@@ -21,7 +21,7 @@ from fractions import Fraction
 from typing import Any, Callable
 
 from cdc.core.errors import TypeMappingError
-from cdc.temporal import (date_days, date_text, time_micros, time_text, timestamp_micros,
+from cdc.core.types.temporal import (date_days, date_text, time_micros, time_text, timestamp_micros,
                           timestamp_text)
 
 # Built-in type OIDs (pg_type.h). Only what the mapping needs.
@@ -241,7 +241,7 @@ KNOWN_KINDS = frozenset(CONVERTERS)
 
 def converter(kind: str) -> Callable[[bytes], Any]:
     """text bytes -> the value a general Avro writer takes for this kind (special values as
-    their text): the meaning of each kind. The source's compiled encoders (cdc.avro_rows) are
+    their text): the meaning of each kind. The source's compiled encoders (cdc.core.wire.row_encoder) are
     tested against it."""
     params = decimal_params(kind)
     if params:
@@ -333,14 +333,14 @@ def builtin_type_sql(type_oid: int, typmod: int) -> str | None:
 
 
 TypeLookup = Callable[[int, int], "str | ColumnType"]
-"""(type OID, typmod) -> the column type from the site catalog (:mod:`cdc.type_catalog`), or
+"""(type OID, typmod) -> the column type from the site catalog (:mod:`cdc.core.types.catalog`), or
 just its SQL name (then it travels as text)."""
 
 
 @dataclass(frozen=True, slots=True)
 class ColumnType:
     """How one column travels: its exact PostgreSQL type and its Avro kind, and for types that
-    are not built in what the cloud needs (:mod:`cdc.type_catalog`)."""
+    are not built in what the cloud needs (:mod:`cdc.core.types.catalog`)."""
 
     sql: str
     kind: str

@@ -3,10 +3,10 @@
 The source's hot path: a general Avro writer spends ~30 µs on one envelope; this writes the same
 bytes in a few µs. pgoutput's text values are already UTF-8, which is exactly Avro's string
 encoding, so text-form columns are copied through; integers, floats and booleans are converted.
-The bytes equal what a general Avro writer produces for the schemas in :mod:`cdc.avro`
+The bytes equal what a general Avro writer produces for the schemas in :mod:`cdc.core.wire.avro`
 (checked by a property test against fastavro).
 
-Layout of an envelope body (field order of :func:`cdc.avro.envelope_schema`):
+Layout of an envelope body (field order of :func:`cdc.core.wire.avro.envelope_schema`):
 ``before`` union, ``after`` union, ``op`` enum, ``source`` record, ``unchanged_toast`` array.
 """
 
@@ -16,8 +16,8 @@ import struct
 from typing import Callable
 
 from cdc.core.errors import DecodeError
-from cdc.pgoutput import UNCHANGED_TOAST
-from cdc.values import (KIND_BOOLEAN, KIND_BYTES, KIND_DATE, KIND_DOUBLE, KIND_FLOAT, KIND_INT,
+from cdc.core.wire.model import UNCHANGED_TOAST
+from cdc.core.types.values import (KIND_BOOLEAN, KIND_BYTES, KIND_DATE, KIND_DOUBLE, KIND_FLOAT, KIND_INT,
                         KIND_LONG, KIND_STRING, KIND_TIME, KIND_TIMESTAMP, KIND_TIMESTAMPTZ,
                         KIND_UUID, beyond_timestamp_micros, bytea_value, converter, date_days, decimal_bytes, decimal_params,
                         decimal_unscaled, float4, has_special, time_micros, timestamp_micros)
