@@ -11,7 +11,7 @@ from confluent_kafka.admin import AdminClient
 from cdc.core.config import Config, redact_dsn
 from cdc.core.errors import TributaryError
 from cdc.runtime.topics import client_config
-from cdc.slots import list_tables, slot_state, timescaledb_version
+from cdc.source.slots import list_tables, slot_state, timescaledb_version
 
 
 @dataclass(frozen=True, slots=True)

@@ -307,7 +307,7 @@ def verify_command(config_path: str, cloud_path: str, patterns: tuple[str, ...],
     import psycopg
 
     from cdc.runtime.pgsession import pinned_conninfo
-    from cdc.slots import list_tables, matches
+    from cdc.source.slots import list_tables, matches
     from cdc.verify import report, verify
     site, sink = site_config.site, cloud_config.sink
     try:
@@ -338,7 +338,7 @@ def source_run(config_path: str, log_format: str | None) -> None:
     """Stream the site's changes into its Kafka topic until SIGTERM."""
     config = _load(config_path, log_format)
     stop = _stop_on_signals()
-    from cdc.source import Source
+    from cdc.source.daemon import Source
     log.info("source starting", extra={"site": repr(config.site), "kafka": repr(config.kafka)})
     _serve_and_run("source", config, lambda: Source(config, stop))
 
@@ -360,7 +360,7 @@ def source_snapshot(config_path: str, tables: tuple[str, ...], cancel: bool) -> 
     import psycopg
 
     from cdc.runtime.pgsession import pinned_conninfo
-    from cdc.snapshot import Snapshots, cancel as cancel_table
+    from cdc.source.snapshot import Snapshots, cancel as cancel_table
     try:
         with psycopg.connect(pinned_conninfo(site.dsn), autocommit=True) as conn:
             for name in tables:

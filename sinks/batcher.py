@@ -143,7 +143,7 @@ class SiteStream:
         cut = self.open is not None
         identity = Identity(rec["system_id"], rec["timeline"], rec["slot"])
         last = self.last_tx
-        # an initial-copy chunk (xid 0, cdc.initial_copy) shares its LSN with the chunks before
+        # an initial-copy chunk (xid 0, cdc.source.initial_copy) shares its LSN with the chunks before
         # it: skipped only behind a later transaction
         skip = (last is not None and last.identity == identity
                 and (rec["commit_lsn"] < last.commit_lsn

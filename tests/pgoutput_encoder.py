@@ -1,5 +1,5 @@
-"""Test-side pgoutput ENCODER: the inverse of :func:`cdc.pgoutput.decode_message` and
-:func:`cdc.pgoutput.decode_frame`, written independently of the decoder (plain ``struct.pack``,
+"""Test-side pgoutput ENCODER: the inverse of :func:`cdc.source.pgoutput.decode_message` and
+:func:`cdc.source.pgoutput.decode_frame`, written independently of the decoder (plain ``struct.pack``,
 no shared tables) so that round trips check one against the other.
 
 Only for tests: it builds the bytes PostgreSQL's ``pgoutput`` plugin would send for a message.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from cdc.pgoutput import (
+from cdc.source.pgoutput import (
     UNCHANGED_TOAST,
     Begin,
     BinaryDatum,

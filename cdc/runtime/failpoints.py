@@ -38,13 +38,13 @@ CRASH_EXIT = 137  # what a shell reports for a process killed by SIGKILL
 #: Every failpoint in the code, with where it is. A new call site adds its name here.
 NAMES: dict[str, str] = {
     "source.after_produce": "a transaction's Commit produced, before it may be confirmed to the "
-                            "slot (cdc/source.py)",
+                            "slot (cdc/source/daemon.py)",
     "source.mid_transaction": "each change streamed from the slot, after it was produced "
-                              "(cdc/source.py); with @N, inside a large transaction",
+                              "(cdc/source/daemon.py); with @N, inside a large transaction",
     "initial_copy.in_chunk": "each record of an initial copy chunk, after it was produced "
-                             "(cdc/initial_copy.py)",
+                             "(cdc/source/initial_copy.py)",
     "initial_copy.read": "an initial copy chunk read from the snapshot, before any of it is "
-                         "produced (cdc/initial_copy.py)",
+                         "produced (cdc/source/initial_copy.py)",
     "sink.after_cloud_commit": "the cloud transaction committed (rows, offsets and site progress "
                                "together), before the sink's in-memory bookkeeping "
                                "(sinks/sink.py)",

@@ -1,7 +1,7 @@
 """A dropped table leaves the source's relation state only once the stream is past its drop.
 
 On a real site: pgoutput messages read from a slot (SQL interface), the source's catalog query
-for dropped OIDs, and the rule of cdc.dropped. A table that is still there keeps decoding.
+for dropped OIDs, and the rule of cdc.source.dropped. A table that is still there keeps decoding.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from cdc.dropped import DroppedRelations
-from cdc.event_builder import EventBuilder
-from cdc.pgoutput import Commit, decode_message
-from cdc.slots import dropped_relations
+from cdc.source.dropped import DroppedRelations
+from cdc.source.event_builder import EventBuilder
+from cdc.source.pgoutput import Commit, decode_message
+from cdc.source.slots import dropped_relations
 from tests.unit.test_event_builder import SITE
 
 pytestmark = pytest.mark.integration

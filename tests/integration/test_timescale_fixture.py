@@ -13,11 +13,11 @@ from confluent_kafka import Producer
 
 from cdc.core.config import KafkaConfig
 from cdc.core.lsn import format_lsn
-from cdc.event_builder import EventBuilder, SiteIdentity
-from cdc.pgoutput import Begin, Commit, Relation, Truncate, decode_message
+from cdc.source.event_builder import EventBuilder, SiteIdentity
+from cdc.source.pgoutput import Begin, Commit, Relation, Truncate, decode_message
 from cdc.runtime.topics import ensure_topic
 from cdc.runtime.schema_store import SchemaPublisher
-from cdc.timescale import ChunkRange, TimescaleFilter
+from cdc.source.timescale import ChunkRange, TimescaleFilter
 from devenv.pipeline import Daemon, cloud_config, site_applied_lsn, wait_until
 from tests.integration.sites import TIMEOUT
 from tests.unit.test_timescale import FIXTURE, recorded_catalog

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 
 from cdc.core.wire.avro import read_fingerprint
 from cdc.core.errors import SchemaError
-from cdc.pgoutput import UNCHANGED_TOAST, Begin, Column, Commit, Delete, Insert, Relation, Update
+from cdc.source.pgoutput import UNCHANGED_TOAST, Begin, Column, Commit, Delete, Insert, Relation, Update
 from sinks.changes import TableVersion
 from sinks.decoding import EnvelopeDecoder
 from tests.unit.test_event_builder import builder, tables_and_rows

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cdc.enum_labels import EnumCheck, array_elements, unknown_label
+from cdc.source.enum_labels import EnumCheck, array_elements, unknown_label
 
 
 def test_array_elements_reads_quotes_escapes_nulls_and_bounds() -> None:

@@ -13,8 +13,8 @@ from hypothesis import given, settings, strategies as st
 from cdc.core.wire.avro import Codec, read_fingerprint, without_logical_types
 from cdc.core.errors import DecodeError
 from cdc.core.wire.model import CONTROL_KEY
-from cdc.event_builder import EventBuilder, SiteIdentity
-from cdc.pgoutput import (
+from cdc.source.event_builder import EventBuilder, SiteIdentity
+from cdc.source.pgoutput import (
     UNCHANGED_TOAST, Begin, Column, Commit, Delete, Insert, Relation, Truncate, Update,
     decode_message, pg_us_to_unix_us,
 )

@@ -107,6 +107,6 @@ def test_a_daemon_refuses_an_unknown_failpoint_as_a_config_error(tmp_path: Path)
 
 
 def test_every_name_is_called_somewhere_in_the_code() -> None:
-    code = "".join(p.read_text() for d in ("cdc", "sinks") for p in (REPO / d).glob("*.py"))
+    code = "".join(p.read_text() for d in ("cdc", "sinks") for p in (REPO / d).rglob("*.py"))
     missing = [n for n in failpoints.NAMES if f'failpoint("{n}")' not in code]
     assert missing == []

@@ -1,4 +1,4 @@
-"""Tests of cdc.pgoutput on streams recorded from real servers, on hand-built bytes and on random
+"""Tests of cdc.source.pgoutput on streams recorded from real servers, on hand-built bytes and on random
 messages, with the independent test-side encoder in tests/pgoutput_encoder.py."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from cdc.core.errors import DecodeError, TributaryError
 from cdc.core.lsn import parse_lsn
-from cdc.pgoutput import (
+from cdc.source.pgoutput import (
     PG_EPOCH_US_OFFSET,
     UNCHANGED_TOAST,
     Begin,

@@ -3,7 +3,7 @@
 
 from hypothesis import given, strategies as st
 
-from cdc.progress import SourceProgress
+from cdc.source.progress import SourceProgress
 
 
 def test_confirms_commit_end_lsn_only_after_all_records_acked() -> None:

@@ -15,8 +15,8 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from cdc.core.wire.avro import read_fingerprint
 from cdc.core.errors import SchemaError
-from cdc.event_builder import EventBuilder
-from cdc.pgoutput import Begin, Column, Commit, Insert, Relation, Update
+from cdc.source.event_builder import EventBuilder
+from cdc.source.pgoutput import Begin, Column, Commit, Insert, Relation, Update
 from cdc.runtime.registry import RegistryFraming, RegistrySchemas, subject_of
 from sinks.changes import TableVersion
 from sinks.decoding import EnvelopeDecoder

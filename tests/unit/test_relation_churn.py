@@ -3,7 +3,7 @@
 Each chunk has its own OID and its own Relation message; retention and compression drop
 chunks all the time. The relation cache and the chunk filter are protocol state (a chunk is
 described once per session), so they lose a chunk only once the site dropped it and the stream
-is past the drop (cdc.dropped); derived caches (codecs by table version, announced schemas)
+is past the drop (cdc.source.dropped); derived caches (codecs by table version, announced schemas)
 are LRU-bounded and rebuild an evicted entry equal.
 """
 
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import pytest
 
-from cdc import event_builder
+from cdc.source import event_builder
 from cdc.core.wire.avro import Codec
 from cdc.core.errors import SchemaError
-from cdc.dropped import DroppedRelations
-from cdc.event_builder import EventBuilder
-from cdc.pgoutput import Begin, Column, Commit, Insert, Relation
-from cdc.timescale import CHUNK_SCHEMA, Hypertable, TimescaleFilter
+from cdc.source.dropped import DroppedRelations
+from cdc.source.event_builder import EventBuilder
+from cdc.source.pgoutput import Begin, Column, Commit, Insert, Relation
+from cdc.source.timescale import CHUNK_SCHEMA, Hypertable, TimescaleFilter
 from tests.unit.test_event_builder import SITE
 
 HYPERTABLE = Hypertable("public", "readings", relid=5000, time_column="ts",

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from cdc.core.wire.avro import Codec, read_fingerprint
 from cdc.core.config import KafkaConfig
-from cdc.pgoutput import Begin, Column, Commit, Insert, Relation
+from cdc.source.pgoutput import Begin, Column, Commit, Insert, Relation
 from cdc.runtime.registry import RegistrySchemas
 from cdc.runtime.schema_store import SchemaRegistry
 from sinks import applier as applier_module

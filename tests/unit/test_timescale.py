@@ -11,10 +11,10 @@ from pathlib import Path
 from fastavro import parse_schema, schemaless_reader
 
 from cdc.core.wire.avro import read_fingerprint
-from cdc.event_builder import EventBuilder
-from cdc.pgoutput import (Begin, Delete, Insert, Message, Relation, Truncate, Update,
+from cdc.source.event_builder import EventBuilder
+from cdc.source.pgoutput import (Begin, Delete, Insert, Message, Relation, Truncate, Update,
                           decode_message)
-from cdc.timescale import (ChunkRange, ChunkTruncate, Hypertable, TimescaleFilter,
+from cdc.source.timescale import (ChunkRange, ChunkTruncate, Hypertable, TimescaleFilter,
                            chunk_hypertable_id)
 from tests.unit.test_event_builder import SITE
 

@@ -1,6 +1,6 @@
 """The guard against a site whose WAL went back (restored without a new timeline)."""
 
-from cdc.topic_tail import PublishedTx, wal_went_back
+from cdc.source.topic_tail import PublishedTx, wal_went_back
 
 LAST = PublishedTx("7300", 1, "slot", commit_lsn=0x5000, offset=41)
 

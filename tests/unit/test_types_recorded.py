@@ -10,8 +10,8 @@ import struct
 from pathlib import Path
 
 from cdc.core.wire.avro import read_fingerprint
-from cdc.event_builder import EventBuilder
-from cdc.pgoutput import Insert, Relation, Update, decode_message
+from cdc.source.event_builder import EventBuilder
+from cdc.source.pgoutput import Insert, Relation, Update, decode_message
 from sinks.changes import TableVersion
 from sinks.decoding import EnvelopeDecoder
 from tests.unit.test_event_builder import SITE

@@ -15,7 +15,7 @@ from confluent_kafka import KafkaException, Producer
 
 from cdc.core.config import KafkaConfig
 from cdc.core.errors import DeliveryError
-from cdc.progress import SourceProgress
+from cdc.source.progress import SourceProgress
 from cdc.runtime.topics import client_config, kafka_error_logger
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Relations the site dropped: when the stream may forget what it knows of them.
 
 pgoutput sends a relation's Relation message once per session, before its first change, so the
-source's relation state (cdc.relations, cdc.timescale) cannot be evicted while the relation
+source's relation state (cdc.source.relations, cdc.source.timescale) cannot be evicted while the relation
 still exists: its next change would arrive without a description. On a TimescaleDB site chunks
 come and go (retention, compression), each with a new OID, so that state only stays bounded if
 dropped relations leave it. The rule is exact:
@@ -15,7 +15,7 @@ dropped relations leave it. The rule is exact:
   are they forgotten. A relation that later reuses the OID gets a Relation message of its own
   (creating it invalidates pgoutput's per-relation state).
 
-Pure: the catalog query is passed in (:func:`cdc.slots.dropped_relations`).
+Pure: the catalog query is passed in (:func:`cdc.source.slots.dropped_relations`).
 """
 
 from __future__ import annotations

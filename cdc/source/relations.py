@@ -12,8 +12,8 @@ from typing import Callable
 
 from cdc.core.errors import SchemaError
 from cdc.core.wire.model import ColumnInfo, TableInfo, avro_field_name
-from cdc.pgoutput import Relation
-from cdc.timescale import Hypertable
+from cdc.source.pgoutput import Relation
+from cdc.source.timescale import Hypertable
 from cdc.core.types.values import TypeLookup, column_type
 
 KeyLookup = Callable[[int], "tuple[str, ...] | None"]
@@ -70,7 +70,7 @@ class RelationCache:
 
     Protocol state, not a cache that may evict: pgoutput describes a relation once per session,
     so an entry leaves only when its relation is gone from the site and the stream has passed
-    the drop (:mod:`cdc.dropped`), which keeps it bounded by the relations that exist.
+    the drop (:mod:`cdc.source.dropped`), which keeps it bounded by the relations that exist.
     """
 
     def __init__(self, lookup: TypeLookup | None = None,

@@ -24,12 +24,12 @@ from cdc.core.wire.avro import Codec, control_schema, envelope_schema, key_schem
 from cdc.core.wire.row_encoder import BRANCH1, NULL, OP_BYTES, RowEncoder, text, toast_array, zigzag
 from cdc.core.errors import DecodeError
 from cdc.core.wire.model import CONTROL_KEY, POSITION_KEY, UNCHANGED_TOAST, Record, TableInfo
-from cdc.enum_labels import enum_checks, unknown_label
-from cdc.pgoutput import (Begin, Commit, Delete, Insert, Message, Relation,
+from cdc.source.enum_labels import enum_checks, unknown_label
+from cdc.source.pgoutput import (Begin, Commit, Delete, Insert, Message, Relation,
                           Truncate, Update, pg_us_to_unix_us)
 from cdc.runtime.registry import Framing, SelfContained
-from cdc.relations import ColumnLookup, KeyLookup, RelationCache
-from cdc.timescale import ChunkRange, ChunkTruncate, Hypertable
+from cdc.source.relations import ColumnLookup, KeyLookup, RelationCache
+from cdc.source.timescale import ChunkRange, ChunkTruncate, Hypertable
 from cdc.core.types.values import (KIND_DATE, KIND_INT, KIND_LONG, KIND_TIMESTAMP, KIND_TIMESTAMPTZ,
                         TypeLookup)
 
@@ -128,7 +128,7 @@ class EventBuilder:
         self._announce(self._position)
 
     def forget(self, oids: set[int]) -> None:
-        """Relations the site dropped, once the stream is past their drop (cdc.dropped)."""
+        """Relations the site dropped, once the stream is past their drop (cdc.source.dropped)."""
         self.relations.forget(oids)
         for oid in oids:
             self._codecs.pop(oid, None)
@@ -180,7 +180,7 @@ class EventBuilder:
         if kind is ChunkTruncate:
             return self._truncate(msg.truncate, msg.ranges)  # type: ignore[attr-defined]
         if kind is Message:
-            return []  # logical messages carry no row changes (TimescaleDB markers: cdc.timescale)
+            return []  # logical messages carry no row changes (TimescaleDB markers: cdc.source.timescale)
         return []  # Origin, Type: nothing to publish
 
     def _begin_tx(self, msg: Begin) -> list[Record]:
@@ -294,7 +294,7 @@ class EventBuilder:
 
     def snapshot_row(self, oid: int, values: tuple) -> list[Record]:
         """A row read by a snapshot, as an ``r`` event (source.snapshot true) in the open
-        transaction: the one that carries the snapshot chunk's marker (cdc.snapshot)."""
+        transaction: the one that carries the snapshot chunk's marker (cdc.source.snapshot)."""
         codec = self._checked_codec(oid, values)
         row, key = codec.rows.row_key(values, None)
         suffix = self._tx_suffix

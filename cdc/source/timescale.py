@@ -22,7 +22,7 @@ Pure: the chunk -> hypertable map comes in through a lookup (the site catalog, o
 ``catalog.json`` in tests). What it remembers per relation OID is protocol state, like the
 relation cache (a chunk's Relation message comes once per session): chunks leave it when the
 site dropped them and the stream is past the drop (:meth:`TimescaleFilter.forget`,
-:mod:`cdc.dropped`), so it holds at most the chunks that exist.
+:mod:`cdc.source.dropped`), so it holds at most the chunks that exist.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from cdc.pgoutput import Begin, Delete, Insert, Message, Relation, Truncate, Update
+from cdc.source.pgoutput import Begin, Delete, Insert, Message, Relation, Truncate, Update
 
 log = logging.getLogger(__name__)
 

@@ -18,15 +18,15 @@ import psycopg
 from confluent_kafka import KafkaException
 
 
-from cdc import initial_copy
+from cdc.source import initial_copy
 from cdc.core.config import Config
 from cdc.core.errors import ConnectionLost, DeliveryError, ReplicationError
 from cdc.core.lsn import format_lsn, parse_lsn
-from cdc.dropped import DroppedRelations
-from cdc.event_builder import EventBuilder, SiteIdentity
-from cdc.pgoutput import Commit, Message, decode_frame, decode_message
-from cdc.producer import EventProducer
-from cdc.progress import SourceProgress
+from cdc.source.dropped import DroppedRelations
+from cdc.source.event_builder import EventBuilder, SiteIdentity
+from cdc.source.pgoutput import Commit, Message, decode_frame, decode_message
+from cdc.source.producer import EventProducer
+from cdc.source.progress import SourceProgress
 from cdc.runtime.registry import Framing, RegistryFraming, SelfContained, registry_client
 from cdc.runtime.failpoints import failpoint
 from cdc.runtime.health import Health
@@ -35,18 +35,18 @@ from cdc.runtime.pgsession import pinned_conninfo
 from cdc.runtime.retry import run_with_backoff
 from cdc.runtime.topics import ensure_topic
 from cdc.runtime.schema_store import SchemaPublisher
-from cdc.slots import (
+from cdc.source.slots import (
     ChunkCatalog, SiteTable, column_lookup, create_slot_exporting, dropped_relations,
     ensure_publication, ensure_slot, hypertables,
     list_tables, matches, primary_key_lookup, publication_tables, record_creation, slot_state,
     unchanged_lookup, unused_since_creation,
     timescaledb_version, type_lookup,
 )
-from cdc.snapshot import PREFIX as SNAPSHOT_PREFIX
-from cdc.snapshot import Snapshots, TableKey
-from cdc.stream import ReplicationStream, identify_system, now_pg_us, open_replication
-from cdc.timescale import TimescaleFilter
-from cdc.topic_tail import last_published, wal_went_back
+from cdc.source.snapshot import PREFIX as SNAPSHOT_PREFIX
+from cdc.source.snapshot import Snapshots, TableKey
+from cdc.source.stream import ReplicationStream, identify_system, now_pg_us, open_replication
+from cdc.source.timescale import TimescaleFilter
+from cdc.source.topic_tail import last_published, wal_went_back
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ TRANSIENT = (ConnectionLost, DeliveryError, psycopg.OperationalError, KafkaExcep
 XLOGDATA, KEEPALIVE = ord("w"), ord("k")
 XLOG_HEADER = 25  # 'w' + wal_start + wal_end + send_time
 PROGRESS_LOG_S = 30.0
-#: how often the source asks the site which relations it describes were dropped (cdc.dropped)
+#: how often the source asks the site which relations it describes were dropped (cdc.source.dropped)
 RELATION_SWEEP_S = 60.0
 #: logical message of an idle site's heartbeat transaction (it carries no change)
 HEARTBEAT_PREFIX = "tributary-heartbeat"

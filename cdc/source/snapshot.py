@@ -38,7 +38,7 @@ import psycopg
 from psycopg import sql
 
 from cdc.core.errors import SchemaError
-from cdc.pgoutput import Column, Message, Relation, Truncate
+from cdc.source.pgoutput import Column, Message, Relation, Truncate
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ _DDL = [
         after_key text[], state text NOT NULL DEFAULT 'pending', rows bigint NOT NULL DEFAULT 0,
         requested_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz,
         PRIMARY KEY (slot, table_schema, table_name))""",
-    # initial: copied before the stream starts (cdc.initial_copy); incremental: while it streams
+    # initial: copied before the stream starts (cdc.source.initial_copy); incremental: while it streams
     "ALTER TABLE tributary.snapshot_progress ADD COLUMN IF NOT EXISTS mode text NOT NULL"
     " DEFAULT 'incremental'",
     "ALTER TABLE tributary.snapshot_progress ADD COLUMN IF NOT EXISTS position integer",

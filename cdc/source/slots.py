@@ -17,7 +17,7 @@ from psycopg import sql
 
 from cdc.core.errors import ReplicationError
 from cdc.core.lsn import format_lsn, parse_lsn
-from cdc.timescale import (CHUNK_SCHEMA, INTERNAL_SCHEMAS, ChunkRange, Hypertable,
+from cdc.source.timescale import (CHUNK_SCHEMA, INTERNAL_SCHEMAS, ChunkRange, Hypertable,
                            chunk_hypertable_id)
 from cdc.core.types.catalog import TypeRow, describe
 from cdc.core.types.values import ColumnType, TypeLookup
@@ -100,7 +100,7 @@ def ensure_publication(conn: psycopg.Connection, name: str, tables: list[SiteTab
     the tables it holds that the patterns no longer select. With ``chunks`` (a TimescaleDB site
     with selected hypertables) it also holds every chunk, ``TABLES IN SCHEMA
     _timescaledb_internal``: a new chunk is in it from its first row, with no step to add it
-    (:mod:`cdc.timescale` keeps the data changes). Returns the tables added."""
+    (:mod:`cdc.source.timescale` keeps the data changes). Returns the tables added."""
     if not tables and not chunks:
         raise ReplicationError(f"publication {name}: site.tables selects no table that can be "
                                "replicated")
@@ -177,7 +177,7 @@ def hypertables(conn: psycopg.Connection) -> set[tuple[str, str]]:
 
 
 class ChunkCatalog:
-    """:data:`cdc.timescale.ChunkLookup` on the site catalog: by chunk name, else by the
+    """:data:`cdc.source.timescale.ChunkLookup` on the site catalog: by chunk name, else by the
     hypertable id in the name (a chunk dropped since, e.g. by a retention policy)."""
 
     def __init__(self, conn: psycopg.Connection) -> None:
@@ -406,7 +406,7 @@ def type_lookup(conn: psycopg.Connection) -> TypeLookup:
     return CatalogTypeLookup(conn)
 
 
-def primary_key_lookup(conn: psycopg.Connection):  # -> cdc.relations.KeyLookup
+def primary_key_lookup(conn: psycopg.Connection):  # -> cdc.source.relations.KeyLookup
     """Primary key column names by relation OID, for REPLICA IDENTITY FULL tables."""
     def lookup(oid: int) -> tuple[str, ...] | None:
         rows = conn.execute(
@@ -420,7 +420,7 @@ def primary_key_lookup(conn: psycopg.Connection):  # -> cdc.relations.KeyLookup
 def dropped_relations(conn: psycopg.Connection, oids: set[int]) -> tuple[set[int], int]:
     """Which of these relation OIDs are gone from ``pg_class``, and the site's WAL insert
     position read after the statement's snapshot: every drop it saw committed before that
-    position (the rule of :mod:`cdc.dropped`). Only outside a transaction: an older snapshot
+    position (the rule of :mod:`cdc.source.dropped`). Only outside a transaction: an older snapshot
     would not see relations created since, and call them gone; then nothing is reported."""
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         return set(), 0
@@ -433,7 +433,7 @@ def dropped_relations(conn: psycopg.Connection, oids: set[int]) -> tuple[set[int
     return {int(o) for o in row[0]}, parse_lsn(row[1])
 
 
-def column_lookup(conn: psycopg.Connection):  # -> cdc.relations.ColumnLookup
+def column_lookup(conn: psycopg.Connection):  # -> cdc.source.relations.ColumnLookup
     """Column attnums (to tell a rename from a drop and an add) and the value rows older than
     an added column read for it (``attmissingval``, set by ADD COLUMN ... DEFAULT)."""
     def lookup(oid: int) -> dict[str, tuple[int, str | None]]:
@@ -445,7 +445,7 @@ def column_lookup(conn: psycopg.Connection):  # -> cdc.relations.ColumnLookup
     return lookup
 
 
-def unchanged_lookup(conn: psycopg.Connection):  # -> cdc.event_builder.UnchangedLookup
+def unchanged_lookup(conn: psycopg.Connection):  # -> cdc.source.event_builder.UnchangedLookup
     """The text of columns a key-moving update left unchanged (TOAST), from the site's row at
     its new key as it is now: pgoutput does not send them (see EventBuilder._fill_unchanged)."""
     def lookup(info: Any, key: dict[str, bytes], columns: list[str]

@@ -2,7 +2,7 @@
 
 psycopg 3 opens the connection (``replication="database"``); the COPY_BOTH stream is then read
 and answered at the libpq level, which is as fast as ``pg_recvlogical``. Frames are returned
-undecoded: :mod:`cdc.pgoutput` parses them.
+undecoded: :mod:`cdc.source.pgoutput` parses them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from psycopg import pq, sql
 
 from cdc.core.errors import ConnectionLost, ReplicationError
 from cdc.core.lsn import format_lsn, parse_lsn
-from cdc.pgoutput import PG_EPOCH_US_OFFSET, encode_standby_status
+from cdc.source.pgoutput import PG_EPOCH_US_OFFSET, encode_standby_status
 from cdc.runtime.pgsession import pinned_conninfo
 
 

@@ -39,13 +39,13 @@ import psycopg
 from psycopg import sql
 
 from cdc.core.errors import DeliveryError, SchemaError
-from cdc.pgoutput import Begin, Commit, Truncate
+from cdc.source.pgoutput import Begin, Commit, Truncate
 from cdc.runtime.failpoints import failpoint
 from cdc.runtime.pgsession import pinned_conninfo
-from cdc.snapshot import (
+from cdc.source.snapshot import (
     PROGRESS_TABLE, TableKey, describe_table, ensure_progress_table, key_params, key_tuple,
 )
-from cdc.stream import now_pg_us
+from cdc.source.stream import now_pg_us
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The site wing: read a replication slot, build change events, publish them to Kafka."""
