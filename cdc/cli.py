@@ -120,7 +120,7 @@ def check(config_path: str) -> None:
     except ConfigError as exc:
         click.echo(f"cdc: config error: {exc}", err=True)
         sys.exit(2)
-    from cdc.checks import run_checks
+    from cdc.ops.checks import run_checks
     results = run_checks(config)
     for result in results:
         click.echo(f"{'ok  ' if result.ok else 'FAIL'}  {result.name}: {result.detail}")
@@ -145,7 +145,7 @@ def status_command(config_path: str, as_json: bool) -> None:
     config = _load(config_path, "text")
     import psycopg
 
-    from cdc import status
+    from cdc.ops import status
     try:
         if config.sink is not None:
             lines = status.cloud_status(config)
@@ -203,7 +203,7 @@ def replay_command(config_path: str, sites: tuple[str, ...], tables: tuple[str, 
     """
     from datetime import timezone
 
-    from cdc import replay
+    from cdc.ops import replay
     config = _load(config_path, "text")
     if dead_letters:
         if to_time or to_offset is not None or from_beginning or reapply or tables:
@@ -308,7 +308,7 @@ def verify_command(config_path: str, cloud_path: str, patterns: tuple[str, ...],
 
     from cdc.runtime.pgsession import pinned_conninfo
     from cdc.source.slots import list_tables, matches
-    from cdc.verify import report, verify
+    from cdc.ops.verify import report, verify
     site, sink = site_config.site, cloud_config.sink
     try:
         with psycopg.connect(pinned_conninfo(site.dsn), autocommit=True) as site_conn, \

@@ -1,0 +1,1 @@
+"""The operator commands: check, status, replay, verify."""
