@@ -421,7 +421,7 @@ def sink_remove_site(config_path: str, site_id: str, yes: bool) -> None:
     import psycopg
 
     from cdc.runtime.pgsession import pinned_conninfo
-    from sinks.site_removal import remove_site
+    from cdc.ops.remove_site import remove_site
     try:
         with psycopg.connect(pinned_conninfo(sink_cfg.dsn)) as conn:
             removed = remove_site(conn, site_id, sink_cfg.site_column, config.kafka)

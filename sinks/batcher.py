@@ -18,35 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cdc.core.errors import ApplyError, ProgressError
+from cdc.core.ledger import FROM_BEGINNING, AppliedTx, Identity
 from sinks.changes import Change, TableVersion
 
-
-#: a partition's offset before anything of it was applied: read from its beginning (the value
-#: of confluent_kafka.OFFSET_BEGINNING, kept so in tributary.offsets)
-FROM_BEGINNING = -2
 #: what to do when the cloud cannot be brought to a site's state from its topic
 COPY_AGAIN = ("Copy the site again: drop its slot at the site, run `cdc sink remove-site` in "
               "the cloud, start the source")
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Which stream of LSNs a site's positions belong to."""
-
-    system_id: str
-    timeline: int
-    slot: str
-
-
-@dataclass(frozen=True, slots=True)
-class AppliedTx:
-    """The last site transaction applied to the cloud (stored with the rows)."""
-
-    identity: Identity
-    xid: int
-    commit_lsn: int
-    end_lsn: int
-    commit_ts: int  # unix microseconds
 
 
 @dataclass(slots=True)

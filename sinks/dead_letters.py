@@ -19,14 +19,13 @@ from typing import Any, Callable
 
 import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from psycopg import sql
 
+from cdc.core import ledger
 from cdc.core.config import Config, KafkaConfig
 from cdc.core.errors import ConnectionLost, TributaryError
 from cdc.core.lsn import format_lsn
 from cdc.runtime.topics import client_config, ensure_topic
 from sinks.batcher import DeadTx
-from sinks.sql import META_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -132,32 +131,15 @@ def copy_to_topic(kafka: KafkaConfig, group_id: str, site: str, topic: str, part
 
 def record(conn: psycopg.Connection, site: str, topic: str, partition: int, dead: DeadTx,
            dead_letter_topic: str, dlt_offsets: tuple[int, int]) -> None:
-    """In the cloud transaction that moves the site past it: the dead letter's row (a copy
-    written again after a crash points to the newer copy)."""
-    conn.execute(sql.SQL(
-        "INSERT INTO {} (site_id, topic, kafka_partition, first_offset, last_offset, commit_lsn,"
-        " xid, tables, reason, dead_letter_topic, dlt_first_offset, dlt_last_offset)"
-        " VALUES (%s, %s, %s, %s, %s, %s::pg_lsn, %s, %s, %s, %s, %s, %s)"
-        " ON CONFLICT (site_id, topic, kafka_partition, first_offset) DO UPDATE SET"
-        " dead_letter_topic = EXCLUDED.dead_letter_topic,"
-        " dlt_first_offset = EXCLUDED.dlt_first_offset,"
-        " dlt_last_offset = EXCLUDED.dlt_last_offset, reason = EXCLUDED.reason,"
-        " state = 'pending', recorded_at = now()").format(
-        sql.Identifier(META_SCHEMA, "dead_letters")),
-        (site, topic, partition, dead.first_offset, dead.last_offset,
-         format_lsn(dead.tx.commit_lsn), dead.tx.xid, list(dead.tables), dead.reason,
-         dead_letter_topic, dlt_offsets[0], dlt_offsets[1]))
+    """In the cloud transaction that moves the site past it: the dead letter's row."""
+    ledger.record_dead_letter(conn, site, topic, partition, dead.first_offset, dead.last_offset,
+                              dead.tx.commit_lsn, dead.tx.xid, dead.tables, dead.reason,
+                              dead_letter_topic, dlt_offsets)
 
 
 def pending(conn: psycopg.Connection, sites: list[str]) -> list[DeadLetter]:
     """The pending dead letters of these sites (all sites when empty), oldest first."""
-    query = sql.SQL(
-        "SELECT site_id, topic, kafka_partition, first_offset, last_offset, commit_lsn::text, xid,"
-        " tables, reason, dead_letter_topic, dlt_first_offset, dlt_last_offset, state FROM {}"
-        " WHERE state = 'pending' AND (cardinality(%s::text[]) = 0 OR site_id = ANY(%s))"
-        " ORDER BY site_id, topic, kafka_partition, first_offset").format(
-        sql.Identifier(META_SCHEMA, "dead_letters"))
-    return [DeadLetter(*row) for row in conn.execute(query, (sites, sites)).fetchall()]
+    return [DeadLetter(*row) for row in ledger.pending_dead_letters(conn, sites)]
 
 
 def read_back(kafka: KafkaConfig, letter: DeadLetter,
@@ -199,11 +181,8 @@ def read_back(kafka: KafkaConfig, letter: DeadLetter,
 
 
 def mark_replayed(conn: psycopg.Connection, letter: DeadLetter) -> None:
-    conn.execute(sql.SQL(
-        "UPDATE {} SET state = 'replayed', replayed_at = now() WHERE site_id = %s AND topic = %s"
-        " AND kafka_partition = %s AND first_offset = %s").format(
-        sql.Identifier(META_SCHEMA, "dead_letters")),
-        (letter.site, letter.topic, letter.partition, letter.first_offset))
+    ledger.mark_dead_letter_replayed(conn, letter.site, letter.topic, letter.partition,
+                                     letter.first_offset)
 
 
 def reapply(config: Config, sites: list[str],

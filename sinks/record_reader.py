@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from cdc.core.wire.avro import read_fingerprint
+from cdc.core import ledger
 from cdc.core.config import KafkaConfig
 from cdc.core.errors import ApplyError, DecodeError
 from cdc.runtime.schema_store import SchemaResolver
-from sinks import progress_store
 from sinks.batcher import SiteStream
 from sinks.changes import Change, TableVersion
 from sinks.decoding import EnvelopeDecoder, decoder_cache
@@ -57,7 +57,7 @@ class RecordReader:
             return "change", fast
         rec = codec.decode_body(value)
         if codec.kind == "begin":
-            rec["commit_ts"] = progress_store.datetime_to_us(rec["commit_ts"])
+            rec["commit_ts"] = ledger.datetime_to_us(rec["commit_ts"])
         return codec.kind, rec
 
     def feed(self, stream: SiteStream, value: bytes | None, where: str, offset: int) -> None:

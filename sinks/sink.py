@@ -24,9 +24,11 @@ from typing import Any, Callable
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from cdc.core import ledger
 from cdc.core.config import Config
 from cdc.core.errors import (ApplyError, ConnectionLost, DecodeError, Fenced, GroupStuck,
                              ProgressError, SchemaError)
+from cdc.core.ledger import FROM_BEGINNING, AppliedTx
 from cdc.core.lsn import format_lsn
 from cdc.runtime.failpoints import failpoint
 from cdc.runtime.health import Health
@@ -34,9 +36,9 @@ from cdc.runtime.metrics import OP_NAMES, sink_metrics
 from cdc.runtime.pgsession import pinned_conninfo
 from cdc.runtime.retry import run_with_backoff
 from cdc.runtime.topics import client_config, kafka_error_logger
-from sinks import dead_letters, progress_store
+from sinks import dead_letters
 from sinks.applier import Applier
-from sinks.batcher import FROM_BEGINNING, AppliedTx, DeadTx, SiteStream, Step, plan
+from sinks.batcher import DeadTx, SiteStream, Step, plan
 from sinks.group_watch import STATS_INTERVAL_MS, GroupState, GroupWatch
 from sinks.record_reader import RecordReader, UnreadableChange
 from sinks.tables import CloudTables
@@ -207,7 +209,8 @@ class Sink:
         consumer = None
         self.worker: _ApplyWorker | None = None
         try:
-            progress_store.ensure_schema(conn)
+            with conn.transaction():
+                ledger.ensure_schema(conn)
             conn.autocommit = False
             self.conn = conn
             self.applier = Applier(conn, CloudTables(
@@ -282,13 +285,13 @@ class Sink:
         failpoint("sink.on_assign")
         self._drain()
         self._rollback()
-        progress_store.register_partitions(self.conn, self.cfg.group_id,
+        ledger.register_partitions(self.conn, self.cfg.group_id,
                                            [(tp.topic, tp.partition) for tp in partitions])
-        offsets = progress_store.load_offsets(self.conn, self.cfg.group_id)
-        sites = progress_store.load_sites(self.conn)
-        earlier = progress_store.load_earlier(self.conn)
-        replays = progress_store.load_replays(self.conn)
-        progress_store.clear_stopped(self.conn, [
+        offsets = ledger.load_offsets(self.conn, self.cfg.group_id)
+        sites = ledger.load_sites(self.conn)
+        earlier = ledger.load_earlier(self.conn)
+        replays = ledger.load_replays(self.conn)
+        ledger.clear_stopped(self.conn, [
             s for s in (self.kafka.site_of_topic(tp.topic) for tp in partitions) if s])
         self.conn.commit()
         for tp in partitions:
@@ -503,7 +506,7 @@ class Sink:
         started = time.monotonic()
         try:
             for part in sorted(batch, key=lambda p: (p.topic, p.partition)):  # one lock order
-                progress_store.claim(conn, self.cfg.group_id, part.topic, part.partition,
+                ledger.claim(conn, self.cfg.group_id, part.topic, part.partition,
                                      part.expected)
             for part in batch:
                 if part.steps:
@@ -512,12 +515,12 @@ class Sink:
                     except SITE_ERRORS as exc:  # this site's data: stop the site, not the sink
                         raise _SiteFailed(part, exc) from exc
                 if part.tx is not None:
-                    progress_store.save_site(conn, part.stream.site_id, part.tx,
+                    ledger.save_site(conn, part.stream.site_id, part.tx,
                                              part.stream.site_lsn, part.earlier)
                     if part.replaying:
-                        progress_store.finish_replay(conn, part.stream.site_id, part.tx.commit_lsn)
+                        ledger.finish_replay(conn, part.stream.site_id, part.tx.commit_lsn)
                 if part.next_offset is not None:
-                    progress_store.save_offset(conn, self.cfg.group_id, part.topic,
+                    ledger.save_offset(conn, self.cfg.group_id, part.topic,
                                                part.partition, part.next_offset)
             if not all(part.final for part in batch):
                 return  # more of a large transaction follows in this cloud transaction
@@ -587,8 +590,8 @@ class Sink:
         site = stream.site_id if stream else key[0]
         self.metrics.site_stopped.labels(site).set(1)
         try:
-            progress_store.mark_stopped(pinned_conninfo(self.cfg.dsn), site,
-                                        f"{type(cause).__name__}: {cause}")
+            with psycopg.connect(pinned_conninfo(self.cfg.dsn), autocommit=True) as other:
+                ledger.mark_stopped(other, site, f"{type(cause).__name__}: {cause}")
         except psycopg.Error as exc:  # the log line below still says it
             log.warning("could not record the stopped site", extra={"site": site,
                                                                     "error": str(exc)})
@@ -677,11 +680,11 @@ class Sink:
                                              topic, partition, dead, dlt, self.stop.is_set)
         conn = self.conn
         try:
-            progress_store.claim(conn, self.cfg.group_id, topic, partition, expected)
+            ledger.claim(conn, self.cfg.group_id, topic, partition, expected)
             dead_letters.record(conn, stream.site_id, topic, partition, dead, dlt, offsets)
-            progress_store.save_site(conn, stream.site_id, dead.tx, stream.site_lsn,
+            ledger.save_site(conn, stream.site_id, dead.tx, stream.site_lsn,
                                      dict(stream.earlier))
-            progress_store.save_offset(conn, self.cfg.group_id, topic, partition, next_offset)
+            ledger.save_offset(conn, self.cfg.group_id, topic, partition, next_offset)
             conn.commit()
         except BaseException:
             try:
@@ -701,9 +704,9 @@ class Sink:
     def _rewind(self, key: tuple[str, int], stream: SiteStream, offset: int) -> None:
         """Read a site again from what the cloud holds, one transaction per cloud transaction
         up to where it had read, so the one that cannot be applied is found alone."""
-        sites = progress_store.load_sites(self.conn)
-        earlier = progress_store.load_earlier(self.conn)
-        replays = progress_store.load_replays(self.conn)
+        sites = ledger.load_sites(self.conn)
+        earlier = ledger.load_earlier(self.conn)
+        replays = ledger.load_replays(self.conn)
         self.conn.rollback()
         site = stream.site_id
         again = SiteStream(site, sites.get(site), replays.get(site), earlier.get(site))

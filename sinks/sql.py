@@ -1,7 +1,7 @@
 """Pure SQL builders for the cloud side: every identifier through ``psycopg.sql``.
 
-Nothing here runs a statement; :mod:`sinks.applier`, :mod:`sinks.tables` and
-:mod:`sinks.progress_store` execute what these return.
+Nothing here runs a statement; :mod:`sinks.applier` and :mod:`sinks.tables` execute what
+these return. The sink's own bookkeeping statements live in :mod:`cdc.core.ledger`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from psycopg import sql
 from cdc.core.errors import SchemaError
 from cdc.core.types.catalog import TypeDef
 from sinks.changes import ColumnDef
-
-META_SCHEMA = "tributary"
 
 _IDENT = r'(?:[a-z_][a-z0-9_$]*|"(?:[^"]|"")+")'
 _TYPE_RE = re.compile(

@@ -20,6 +20,7 @@ import psycopg
 from cachetools import LRUCache
 from psycopg import sql
 
+from cdc.core import ledger
 from cdc.core.errors import ApplyError
 from cdc.runtime.pgsession import pinned_conninfo
 from cdc.core.types.catalog import TypeDef
@@ -198,14 +199,6 @@ class CloudTables:
                 present.add(label)
         log.info("added enum labels", extra={"type": d.sql_name, "labels": missing})
 
-    def _site_columns(self, conn: psycopg.Connection, site_id: str, schema: str,
-                      table: str) -> dict[str, tuple[int | None, str]]:
-        rows = conn.execute(sql.SQL(
-            "SELECT site_name, attnum, cloud_name FROM {} WHERE site_id = %s AND table_schema = %s"
-            " AND table_name = %s").format(sql.Identifier(q.META_SCHEMA, "site_columns")),
-            (site_id, schema, table)).fetchall()
-        return {r[0]: (r[1], r[2]) for r in rows}
-
     def _cloud_has_timescaledb(self, conn: psycopg.Connection) -> bool:
         if self._timescaledb is None:
             self._timescaledb = conn.execute(
@@ -245,10 +238,7 @@ class CloudTables:
         its columns."""
         if version.relid is None:
             return
-        meta = sql.Identifier(q.META_SCHEMA, "site_tables")
-        row = conn.execute(sql.SQL("SELECT relid, site_table FROM {} WHERE site_id = %s AND"
-                                   " table_schema = %s AND table_name = %s").format(meta),
-                           (site_id, schema, table)).fetchone()
+        row = ledger.site_table(conn, site_id, schema, table)
         if row is not None and row[1] is not None and row[1] != version.qualified:
             # each switch between them would look like a table dropped and created again
             raise ApplyError(f"site {site_id}: site tables {row[1]} and {version.qualified} both "
@@ -257,18 +247,12 @@ class CloudTables:
         if row is not None and row[0] != version.relid and table_exists:
             cur = conn.execute(q.delete_site_rows(q.qualified(schema, table), self.site_column),
                                (site_id,))
-            conn.execute(sql.SQL("DELETE FROM {} WHERE site_id = %s AND table_schema = %s AND"
-                                 " table_name = %s").format(
-                sql.Identifier(q.META_SCHEMA, "site_columns")), (site_id, schema, table))
+            ledger.forget_site_columns(conn, site_id, schema, table)
             log.warning("site table dropped and created again: the site's old rows removed",
                         extra={"site": site_id, "table": f"{schema}.{table}",
                                "site_table": version.qualified, "rows": cur.rowcount})
         if row is None or row[0] != version.relid or row[1] is None:
-            conn.execute(sql.SQL(
-                "INSERT INTO {} (site_id, table_schema, table_name, relid, site_table) VALUES"
-                " (%s, %s, %s, %s, %s) ON CONFLICT (site_id, table_schema, table_name) DO UPDATE"
-                " SET relid = excluded.relid, site_table = excluded.site_table"
-            ).format(meta), (site_id, schema, table, version.relid, version.qualified))
+            ledger.save_site_table(conn, site_id, schema, table, version.relid, version.qualified)
 
     def _follow_site(self, conn: psycopg.Connection, site_id: str, version: TableVersion,
                      schema: str, table: str, existing: dict[str, str] | None,
@@ -277,7 +261,7 @@ class CloudTables:
         (same attnum, new name). Returns the mapping and the columns whose rows of this site
         must be set to the site's value for older rows: added with a DEFAULT (``missing``), or
         dropped and added again under the same name."""
-        known = self._site_columns(conn, site_id, schema, table)
+        known = ledger.site_columns(conn, site_id, schema, table)
         names = {c.name for c in version.columns}
         by_attnum = {attnum: (name, cloud) for name, (attnum, cloud) in known.items()
                      if attnum is not None and name not in names}
@@ -304,10 +288,7 @@ class CloudTables:
                 conn.execute(sql.SQL("ALTER TABLE {} RENAME COLUMN {} TO {}").format(
                     q.qualified(schema, table), sql.Identifier(cloud), sql.Identifier(col.name)))
                 # every site whose column lands in the old cloud column follows it
-                conn.execute(sql.SQL(
-                    "UPDATE {} SET cloud_name = %s WHERE table_schema = %s AND table_name = %s"
-                    " AND cloud_name = %s").format(sql.Identifier(q.META_SCHEMA, "site_columns")),
-                    (col.name, schema, table, cloud))
+                ledger.rename_cloud_column(conn, schema, table, cloud, col.name)
                 existing[col.name] = existing.pop(cloud)
                 # other sites' prepared targets name the old cloud column: prepare them again
                 for k in [k for k, t in self._ready.items()
@@ -316,25 +297,16 @@ class CloudTables:
                 log.info("renamed cloud column", extra={
                     "table": f"{schema}.{table}", "from": cloud, "to": col.name, "site": site_id})
                 cloud = col.name
-            conn.execute(sql.SQL("DELETE FROM {} WHERE site_id = %s AND table_schema = %s"
-                                 " AND table_name = %s AND site_name = %s").format(
-                sql.Identifier(q.META_SCHEMA, "site_columns")), (site_id, schema, table, old_name))
+            ledger.forget_site_column(conn, site_id, schema, table, old_name)
             mapping[col.name] = cloud
-        for col in version.columns:
-            conn.execute(sql.SQL(
-                "INSERT INTO {} (site_id, table_schema, table_name, site_name, attnum, cloud_name)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (site_id, table_schema, table_name,"
-                " site_name) DO UPDATE SET cloud_name = excluded.cloud_name,"
-                # a version read after a later rename has no attnum for the old name: keep it
-                " attnum = coalesce(excluded.attnum, {}.attnum)"
-            ).format(sql.Identifier(q.META_SCHEMA, "site_columns"), sql.Identifier("site_columns")),
-                (site_id, schema, table, col.name, col.attnum, mapping[col.name]))
+        ledger.save_site_columns(conn, site_id, schema, table, [
+            (col.name, col.attnum, mapping[col.name]) for col in version.columns])
         return mapping, refill
 
     def _prepare(self, conn: psycopg.Connection, version: TableVersion, site_id: str) -> Target:
         schema, table = self.name_of(version)
         where = f"cloud table {schema}.{table} (site table {version.qualified})"
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('tributary.ddl'))")
+        conn.execute(ledger.DDL_LOCK)
         for col in version.columns:
             self._ensure_types(conn, col, where)
         existing = self._columns(conn, schema, table)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
-from psycopg import sql
 
+from cdc.core import ledger
 from cdc.core.config import Config
 from cdc.core.errors import TributaryError
 from cdc.core.lsn import format_lsn
@@ -63,12 +63,12 @@ def plan(config: Config, sites: list[str], to_time: datetime | None,
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     from cdc.runtime.topics import client_config
-    from sinks import progress_store
     sink, kafka = config.need_sink(), config.kafka
     with psycopg.connect(sink.dsn) as conn:
-        progress_store.ensure_schema(conn)
-        offsets = progress_store.load_offsets(conn, sink.group_id)
-        applied = progress_store.load_sites(conn)
+        with conn.transaction():
+            ledger.ensure_schema(conn)
+        offsets = ledger.load_offsets(conn, sink.group_id)
+        applied = ledger.load_sites(conn)
     known = sorted({kafka.site_of_topic(t) for t, _ in offsets} | set(applied))
     known = [s for s in known if s]
     chosen = sites or known
@@ -111,19 +111,9 @@ def apply(config: Config, plans: list[ReplayPlan], reapply: bool,
     with psycopg.connect(sink.dsn) as conn:
         with conn.transaction():
             for p in plans:
-                conn.execute(sql.SQL(
-                    "INSERT INTO {} (group_id, topic, kafka_partition, next_offset) VALUES"
-                    " (%s, %s, %s, %s) ON CONFLICT (group_id, topic, kafka_partition) DO UPDATE"
-                    " SET next_offset = EXCLUDED.next_offset, updated_at = now()").format(
-                    sql.Identifier("tributary", "offsets")),
-                    (sink.group_id, p.topic, p.partition, p.target_offset))
+                ledger.save_offset(conn, sink.group_id, p.topic, p.partition, p.target_offset)
                 if reapply and p.applied_lsn is not None:
-                    conn.execute(sql.SQL(
-                        "INSERT INTO {} (site_id, until_lsn, tables) VALUES (%s, %s::pg_lsn, %s)"
-                        " ON CONFLICT (site_id) DO UPDATE SET until_lsn = EXCLUDED.until_lsn,"
-                        " tables = EXCLUDED.tables, requested_at = now()").format(
-                        sql.Identifier("tributary", "replays")),
-                        (p.site, format_lsn(p.applied_lsn), tables or None))
+                    ledger.request_replay(conn, p.site, p.applied_lsn, tables)
 
 
 def describe(plans: list[ReplayPlan], reapply: bool, tables: list[str]) -> str:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import psycopg
 from psycopg import sql
 
+from cdc.core import ledger
 from cdc.core.config import Config
+
+T = TypeVar("T")
 
 #: a site whose last applied transaction is older than this (heartbeats arrive every
 #: site.heartbeat_interval_s) is shown as "lagging"
@@ -40,17 +43,13 @@ def cloud_status(config: Config, now: datetime | None = None) -> list[SiteLine]:
     now = now or datetime.now(timezone.utc)
     with psycopg.connect(sink.dsn) as conn:
         try:
-            sites = conn.execute(
-                "SELECT site_id, commit_lsn::text, commit_ts, greatest(site_lsn - end_lsn, 0)"
-                " FROM tributary.sites ORDER BY site_id").fetchall()
-            offsets = {(r[0], r[1]): r[2] for r in conn.execute(
-                "SELECT topic, kafka_partition, next_offset FROM tributary.offsets WHERE"
-                " group_id = %s AND next_offset >= 0", (sink.group_id,)).fetchall()}
+            sites = ledger.site_progress(conn)
+            offsets = ledger.load_offsets(conn, sink.group_id)
         except psycopg.errors.UndefinedTable:
             return []
         conn.rollback()
-        errors = _site_errors(conn)
-        dead = _dead_letters(conn)
+        errors = _per_site(conn, ledger.stopped_sites)
+        dead = _per_site(conn, ledger.pending_dead_letter_counts)
     ends = _topic_ends(config, [kafka.site_topic(s[0]) for s in sites])
     lines = []
     for site, lsn, ts, lag_bytes in sites:
@@ -71,25 +70,14 @@ def cloud_status(config: Config, now: datetime | None = None) -> list[SiteLine]:
     return lines
 
 
-def _per_site(conn: psycopg.Connection, query: str) -> dict[str, Any]:
-    """``site_id -> value`` rows of a progress table; none before the sink created it."""
+def _per_site(conn: psycopg.Connection, read: Callable[[psycopg.Connection], dict[str, T]]
+              ) -> dict[str, T]:
+    """``site_id -> value`` from a progress table; none before the sink created it."""
     try:
-        rows = conn.execute(query).fetchall()
+        return read(conn)
     except psycopg.errors.UndefinedTable:
         conn.rollback()
         return {}
-    return {r[0]: r[1] for r in rows}
-
-
-def _site_errors(conn: psycopg.Connection) -> dict[str, str]:
-    return _per_site(conn, "SELECT site_id, error FROM tributary.site_status"
-                           " WHERE state = 'stopped'")
-
-
-def _dead_letters(conn: psycopg.Connection) -> dict[str, int]:
-    """Per site, its transactions in the dead-letter topic not applied again."""
-    return _per_site(conn, "SELECT site_id, count(*)::int FROM tributary.dead_letters"
-                           " WHERE state = 'pending' GROUP BY site_id")
 
 
 def _topic_ends(config: Config, topics: list[str]) -> dict[str, int]:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 import psycopg
 from psycopg import sql
 
+from cdc.core import ledger
 from cdc.core.lsn import parse_lsn
 
 log = logging.getLogger(__name__)
@@ -207,9 +208,8 @@ def settle(site: Side, cloud: Side, result: TableResult, wait_applied: Callable[
 
 def applied_past(cloud: psycopg.Connection, site_id: str, lsn: int) -> bool:
     """Whether the cloud has applied the site's transactions up to ``lsn``."""
-    row = cloud.execute("SELECT end_lsn::text FROM tributary.sites WHERE site_id = %s",
-                        (site_id,)).fetchone()
-    return row is not None and parse_lsn(row[0]) >= lsn
+    end = ledger.applied_end_lsn(cloud, site_id)
+    return end is not None and end >= lsn
 
 
 _KEY_SQL = """
@@ -239,10 +239,8 @@ def table_shape(site: psycopg.Connection, cloud: psycopg.Connection, site_id: st
     cloud_schema, _, cloud_table = mapping.get(f"{schema}.{table}", f"{schema}.{table}").partition(".")
     names = {c: c for c in types}
     try:
-        for site_name, cloud_name in cloud.execute(
-                "SELECT site_name, cloud_name FROM tributary.site_columns WHERE site_id = %s"
-                " AND table_schema = %s AND table_name = %s",
-                (site_id, cloud_schema, cloud_table)).fetchall():
+        for site_name, (_, cloud_name) in ledger.site_columns(
+                cloud, site_id, cloud_schema, cloud_table).items():
             if site_name in names:
                 names[site_name] = cloud_name
     except psycopg.errors.UndefinedTable:

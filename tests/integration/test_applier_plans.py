@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from sinks import progress_store
+from cdc.core import ledger
 from sinks.applier import Applier
 from sinks.batcher import Delete, Upsert
 from sinks.changes import ColumnDef, TableVersion
@@ -33,7 +33,8 @@ def seq_scans(conn: psycopg.Connection) -> int:
 def test_a_few_deletes_and_upserts_use_the_key_index(pg_factory: Any, unique_name: Any) -> None:
     dsn = pg_factory("cloud").create_database(unique_name("plans"))
     with psycopg.connect(dsn, autocommit=True) as conn:
-        progress_store.ensure_schema(conn)
+        with conn.transaction():
+            ledger.ensure_schema(conn)
     with psycopg.connect(dsn) as conn:
         applier = Applier(conn, CloudTables("site_id", {}, True, dsn))
         rows = {(i,): {"id": i, "name": f"d{i}"} for i in range(1, 50001)}

@@ -16,9 +16,9 @@ from typing import Any
 
 import psycopg
 
+from cdc.core import ledger
 from cdc.core.config import load_config
 from devenv.pipeline import cloud_config
-from sinks import progress_store
 from sinks.sink import Sink, _ApplyWorker
 
 
@@ -43,8 +43,8 @@ def test_a_partition_paused_before_a_rebalance_is_consumed_after_it(
 
     sink = Sink(config)  # its rebalance callbacks, on a consumer of the test's
     sink.conn = psycopg.connect(cloud)
-    progress_store.ensure_schema(sink.conn)
-    sink.conn.commit()
+    with sink.conn.transaction():
+        ledger.ensure_schema(sink.conn)
     sink.applier = type("NoApplier", (), {"forget": lambda self: None})()
     sink.big, sink.streams = None, {}
     sink.worker = _ApplyWorker(sink._apply_batch)  # idle: the test reads, nothing is applied

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from cdc.core import ledger
 from cdc.core.config import KafkaConfig
-from sinks.sql import META_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +32,12 @@ def remove_site(conn: psycopg.Connection, site_id: str, site_column: str,
     """Delete the site's rows and progress in one transaction; returns rows per table."""
     removed = []
     with conn.transaction():
-        tables = conn.execute(sql.SQL(
-            "SELECT DISTINCT table_schema, table_name FROM {} WHERE site_id = %s ORDER BY 1, 2"
-        ).format(sql.Identifier(META_SCHEMA, "site_columns")), (site_id,)).fetchall()
+        tables = ledger.tables_of_site(conn, site_id)
         for schema, table in tables:
             cur = conn.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(
                 sql.Identifier(schema, table), sql.Identifier(site_column)), (site_id,))
             removed.append(Removed(f"{schema}.{table}", cur.rowcount))
             log.info("removed site rows", extra={"site": site_id, "table": f"{schema}.{table}",
                                                  "rows": cur.rowcount})
-        for meta in ("site_columns", "site_tables", "sites"):
-            conn.execute(sql.SQL("DELETE FROM {} WHERE site_id = %s").format(
-                sql.Identifier(META_SCHEMA, meta)), (site_id,))
-        conn.execute(sql.SQL("DELETE FROM {} WHERE topic = %s").format(
-            sql.Identifier(META_SCHEMA, "offsets")), (kafka.site_topic(site_id),))
+        ledger.forget_site(conn, site_id, kafka.site_topic(site_id))
     return removed
