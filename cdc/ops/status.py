@@ -13,9 +13,8 @@ from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
 
 import psycopg
-from psycopg import sql
 
-from cdc.core import ledger
+from cdc.core import ledger, site_ledger
 from cdc.core.config import Config
 
 T = TypeVar("T")
@@ -126,11 +125,7 @@ def site_status(config: Config) -> SlotLine:
             " (pg_current_wal_lsn() - restart_lsn)::bigint, safe_wal_size"
             " FROM pg_replication_slots WHERE slot_name = %s", (site.slot_name,)).fetchone()
         try:
-            snaps = [{"table": f"{r[0]}.{r[1]}", "mode": r[2], "state": r[3], "rows": r[4]}
-                     for r in conn.execute(sql.SQL(
-                         "SELECT table_schema, table_name, mode, state, rows FROM"
-                         " tributary.snapshot_progress WHERE slot = %s AND state <> 'done'"
-                         " ORDER BY position NULLS LAST, 1, 2"), (site.slot_name,)).fetchall()]
+            snaps = site_ledger.snapshots_not_done(conn, site.slot_name)
         except psycopg.errors.UndefinedTable:
             snaps = []
     if row is None:

@@ -38,12 +38,13 @@ from typing import Any, Callable
 import psycopg
 from psycopg import sql
 
+from cdc.core import site_ledger
 from cdc.core.errors import DeliveryError, SchemaError
 from cdc.source.pgoutput import Begin, Commit, Truncate
 from cdc.runtime.failpoints import failpoint
 from cdc.runtime.pgsession import pinned_conninfo
 from cdc.source.snapshot import (
-    PROGRESS_TABLE, TableKey, describe_table, ensure_progress_table, key_params, key_tuple,
+    TableKey, describe_table, ensure_progress_table, key_params, key_tuple,
 )
 from cdc.source.stream import now_pg_us
 
@@ -81,12 +82,7 @@ def plan(conn: psycopg.Connection, slot: str, tables: list[tuple[str, str]]) -> 
     here and the copy's end resumes it instead of forgetting it."""
     ensure_progress_table(conn)
     with conn.transaction():
-        conn.execute(sql.SQL("DELETE FROM {} WHERE slot = %s").format(PROGRESS_TABLE), (slot,))
-        for position, (schema, table) in enumerate(referenced_first(conn, tables)):
-            conn.execute(sql.SQL(
-                "INSERT INTO {} (slot, table_schema, table_name, mode, position)"
-                " VALUES (%s, %s, %s, 'initial', %s)").format(PROGRESS_TABLE),
-                (slot, schema, table, position))
+        site_ledger.plan_initial(conn, slot, referenced_first(conn, tables))
 
 
 def start_over_if_needed(conn: psycopg.Connection, site_id: str, slot: str) -> bool:
@@ -94,9 +90,7 @@ def start_over_if_needed(conn: psycopg.Connection, site_id: str, slot: str) -> b
     copied (see the module docstring); True when it did: the copy starts over. Nothing streamed
     from that slot yet, so nothing is lost with it."""
     ensure_progress_table(conn)
-    rows = conn.execute(sql.SQL(
-        "SELECT table_schema, table_name FROM {} WHERE slot = %s AND mode = 'initial' AND"
-        " state IN ('pending', 'running')").format(PROGRESS_TABLE), (slot,)).fetchall()
+    rows = site_ledger.initial_owed(conn, slot)
     keyless = []
     for schema, table in rows:
         try:
@@ -150,17 +144,11 @@ class InitialCopy:
         ensure_progress_table(conn)
 
     def pending(self) -> list[tuple[str, str, list[str] | None, int]]:
-        rows = self.conn.execute(sql.SQL(
-            "SELECT table_schema, table_name, after_key, rows FROM {} WHERE slot = %s AND"
-            " mode = 'initial' AND state IN ('pending', 'running') ORDER BY position,"
-            " table_schema, table_name").format(PROGRESS_TABLE), (self.slot,)).fetchall()
-        return [(r[0], r[1], r[2], int(r[3])) for r in rows]
+        return site_ledger.initial_pending(self.conn, self.slot)
 
     def _cancelled(self, schema: str, table: str) -> bool:
-        row = self.conn.execute(sql.SQL(
-            "SELECT state FROM {} WHERE slot = %s AND table_schema = %s AND table_name = %s")
-            .format(PROGRESS_TABLE), (self.slot, schema, table)).fetchone()
-        return row is None or row[0] == "cancelled"
+        state = site_ledger.snapshot_state(self.conn, self.slot, schema, table)
+        return state is None or state == "cancelled"
 
     def run(self, snap: psycopg.Connection, builder: Any, producer: Any, progress: Any,
             stop: Any, on_chunk: Callable[[], None] = lambda: None,
@@ -185,10 +173,7 @@ class InitialCopy:
         return not stop.is_set() and not self.pending()
 
     def _started(self) -> bool:
-        row = self.conn.execute(sql.SQL(
-            "SELECT count(*) FROM {} WHERE slot = %s AND mode = 'initial' AND (state <> 'pending'"
-            " OR rows > 0)").format(PROGRESS_TABLE), (self.slot,)).fetchone()
-        return bool(row and row[0])
+        return site_ledger.initial_started(self.conn, self.slot)
 
     def _reset(self, snap: psycopg.Connection, builder: Any, producer: Any) -> None:
         """The first pseudo-transaction: the site's rows of every planned table leave the cloud
@@ -303,11 +288,8 @@ class InitialCopy:
             self._record(marks.pop(0))
 
     def _record(self, mark: _Mark) -> None:
-        self.conn.execute(sql.SQL(
-            "UPDATE {} SET after_key = %s, rows = rows + %s, state = CASE WHEN state ="
-            " 'cancelled' THEN state WHEN %s THEN 'done' ELSE 'running' END, updated_at = now()"
-            " WHERE slot = %s AND table_schema = %s AND table_name = %s").format(PROGRESS_TABLE),
-            (mark.last, mark.rows, mark.done, self.slot, mark.schema, mark.table))
+        site_ledger.record_initial_chunk(self.conn, self.slot, mark.schema, mark.table, mark.last,
+                                         mark.rows, mark.done)
 
 
 def _estimate(conn: psycopg.Connection, key: TableKey) -> int | None:

@@ -15,8 +15,9 @@ from typing import Any, Callable
 import psycopg
 from psycopg import sql
 
+from cdc.core import site_ledger
 from cdc.core.errors import ReplicationError
-from cdc.core.lsn import format_lsn, parse_lsn
+from cdc.core.lsn import parse_lsn
 from cdc.source.timescale import (CHUNK_SCHEMA, INTERNAL_SCHEMAS, ChunkRange, Hypertable,
                            chunk_hypertable_id)
 from cdc.core.types.catalog import TypeRow, describe
@@ -279,22 +280,11 @@ def slot_state(conn: psycopg.Connection, slot: str) -> SlotState | None:
                      parse_lsn(restart) if restart else 0, wal_status)
 
 
-_CREATED_DDL = [
-    "CREATE SCHEMA IF NOT EXISTS tributary",
-    "CREATE TABLE IF NOT EXISTS tributary.slots (slot text PRIMARY KEY, created_lsn pg_lsn NOT"
-    " NULL, created_at timestamptz NOT NULL DEFAULT now())",
-]
-
-
 def record_creation(conn: psycopg.Connection, state: SlotState) -> None:
     """Remember where the source created its slot, at the site (``tributary.slots``)."""
     try:
         with conn.transaction():
-            for stmt in _CREATED_DDL:
-                conn.execute(stmt)
-            conn.execute("INSERT INTO tributary.slots (slot, created_lsn) VALUES (%s, %s)"
-                         " ON CONFLICT (slot) DO UPDATE SET created_lsn = excluded.created_lsn,"
-                         " created_at = now()", (state.name, format_lsn(state.confirmed_flush_lsn)))
+            site_ledger.record_slot_creation(conn, state.name, state.confirmed_flush_lsn)
     except psycopg.errors.InsufficientPrivilege as exc:
         log.warning("cannot record the slot's creation at the site (no CREATE on the database):"
                     " the cloud will not be told if it is created again", extra={
@@ -305,11 +295,10 @@ def unused_since_creation(conn: psycopg.Connection, state: SlotState) -> bool:
     """Whether nothing was confirmed to the slot since this source created it: its stream starts
     at its creation point, and nothing before that point reaches the cloud through it."""
     try:
-        row = conn.execute("SELECT created_lsn::text FROM tributary.slots WHERE slot = %s",
-                           (state.name,)).fetchone()
+        created = site_ledger.slot_created_at(conn, state.name)
     except psycopg.errors.UndefinedTable:
         return False
-    return row is not None and parse_lsn(row[0]) == state.confirmed_flush_lsn
+    return created == state.confirmed_flush_lsn
 
 
 def create_slot_exporting(repl_conn: psycopg.Connection, slot: str) -> tuple[SlotState, str]:

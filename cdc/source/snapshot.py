@@ -37,32 +37,19 @@ from typing import Any, Callable, Iterator
 import psycopg
 from psycopg import sql
 
+from cdc.core import site_ledger
 from cdc.core.errors import SchemaError
 from cdc.source.pgoutput import Column, Message, Relation, Truncate
 
 log = logging.getLogger(__name__)
 
 PREFIX = "tributary-snapshot"
-PROGRESS_TABLE = sql.Identifier("tributary", "snapshot_progress")
-_DDL = [
-    "CREATE SCHEMA IF NOT EXISTS tributary",
-    """CREATE TABLE IF NOT EXISTS tributary.snapshot_progress (
-        slot text NOT NULL, table_schema text NOT NULL, table_name text NOT NULL,
-        after_key text[], state text NOT NULL DEFAULT 'pending', rows bigint NOT NULL DEFAULT 0,
-        requested_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz,
-        PRIMARY KEY (slot, table_schema, table_name))""",
-    # initial: copied before the stream starts (cdc.source.initial_copy); incremental: while it streams
-    "ALTER TABLE tributary.snapshot_progress ADD COLUMN IF NOT EXISTS mode text NOT NULL"
-    " DEFAULT 'incremental'",
-    "ALTER TABLE tributary.snapshot_progress ADD COLUMN IF NOT EXISTS position integer",
-]
 
 
 def ensure_progress_table(conn: psycopg.Connection) -> None:
     """The site table of snapshot progress (needs CREATE on the database the first time)."""
     with conn.transaction():
-        for stmt in _DDL:
-            conn.execute(stmt)
+        site_ledger.ensure_progress_table(conn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,29 +124,15 @@ class Snapshots:
     def request(self, tables: list[tuple[str, str]], why: str) -> None:
         """Copy these tables (again from the start unless one is already under way)."""
         for schema, table in tables:
-            cur = self.conn.execute(sql.SQL(
-                "INSERT INTO {} (slot, table_schema, table_name) VALUES (%s, %s, %s)"
-                " ON CONFLICT (slot, table_schema, table_name) DO UPDATE SET state = 'pending',"
-                " after_key = NULL, rows = 0, requested_at = now(), mode = 'incremental'"
-                " WHERE {}.state IN ('done', 'cancelled')").format(PROGRESS_TABLE, PROGRESS_TABLE),
-                (self.slot, schema, table))
-            if cur.rowcount:
+            if site_ledger.request_snapshot(self.conn, self.slot, schema, table):
                 log.info("snapshot requested", extra={"table": f"{schema}.{table}", "why": why})
         self._idle_until = 0.0
-
-    def _next_table(self) -> tuple[str, str, list[str] | None, int] | None:
-        row = self.conn.execute(sql.SQL(
-            "SELECT table_schema, table_name, after_key, rows FROM {} WHERE slot = %s"
-            " AND state IN ('pending', 'running') AND mode = 'incremental'"
-            " ORDER BY requested_at, table_schema, table_name"
-            " LIMIT 1").format(PROGRESS_TABLE), (self.slot,)).fetchone()
-        return None if row is None else (row[0], row[1], row[2], int(row[3]))
 
     def step(self) -> None:
         """Write the next chunk's message when none is in flight (between stream reads)."""
         if self._in_flight is not None or time.monotonic() < self._idle_until:
             return
-        found = self._next_table()
+        found = site_ledger.next_snapshot(self.conn, self.slot)
         if found is None:
             self._idle_until = time.monotonic() + 5.0  # a cancel or a request may come
             return
@@ -290,11 +263,8 @@ class Snapshots:
             if held is not None:
                 held[2].close()
         state = "done" if last is None else "running"
-        row = self.conn.execute(sql.SQL(
-            "UPDATE {} SET after_key = %s, rows = rows + %s, state = CASE WHEN state ="
-            " 'cancelled' THEN state ELSE %s END, updated_at = now() WHERE slot = %s AND"
-            " table_schema = %s AND table_name = %s RETURNING rows, state").format(PROGRESS_TABLE),
-            (last, rows, state, self.slot, schema, table)).fetchone()
+        row = site_ledger.record_snapshot_chunk(self.conn, self.slot, schema, table, last, rows,
+                                                state)
         now = time.monotonic()
         if state == "done" or now - self._last_log >= 10:
             self._last_log = now
@@ -305,11 +275,7 @@ class Snapshots:
 
 def cancel(conn: psycopg.Connection, slot: str, schema: str, table: str) -> bool:
     """Mark a table's snapshot cancelled; the running source stops copying it."""
-    cur = conn.execute(sql.SQL(
-        "UPDATE {} SET state = 'cancelled', updated_at = now() WHERE slot = %s AND"
-        " table_schema = %s AND table_name = %s AND state IN ('pending', 'running')").format(
-        PROGRESS_TABLE), (slot, schema, table))
-    return bool(cur.rowcount)
+    return site_ledger.cancel_snapshot(conn, slot, schema, table)
 
 
 def _key_cols(key: TableKey) -> sql.Composable:
