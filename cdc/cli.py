@@ -307,7 +307,7 @@ def verify_command(config_path: str, cloud_path: str, patterns: tuple[str, ...],
     import psycopg
 
     from cdc.runtime.pgsession import pinned_conninfo
-    from cdc.source.slots import list_tables, matches
+    from cdc.source.publication import list_tables, matches
     from cdc.ops.verify import report, verify
     site, sink = site_config.site, cloud_config.sink
     try:

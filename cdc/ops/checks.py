@@ -11,7 +11,9 @@ from confluent_kafka.admin import AdminClient
 from cdc.core.config import Config, redact_dsn
 from cdc.core.errors import TributaryError
 from cdc.runtime.topics import client_config
-from cdc.source.slots import list_tables, slot_state, timescaledb_version
+from cdc.source.catalog import compressed_batch_delete_on, timescaledb_version
+from cdc.source.publication import list_tables
+from cdc.source.slot import slot_state
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +85,11 @@ def check_site(config: Config) -> list[CheckResult]:
                 "\"never\")"))
         version = timescaledb_version(conn)
         if version:
-            setting = conn.execute("SELECT current_setting("
-                                   "'timescaledb.enable_compressed_direct_batch_delete', true)"
-                                   ).fetchone()[0]  # type: ignore[index]
+            batch_delete = compressed_batch_delete_on(conn)
             database = conn.info.dbname
             results.append(CheckResult(
-                "timescaledb", setting != "on",
-                f"TimescaleDB {version}; compressed batch deletes are decoded" if setting != "on"
+                "timescaledb", not batch_delete,
+                f"TimescaleDB {version}; compressed batch deletes are decoded" if not batch_delete
                 else f"TimescaleDB {version} deletes whole compressed batches invisibly to logical "
                      f"decoding; run ALTER DATABASE {database} SET "
                      "timescaledb.enable_compressed_direct_batch_delete = off"))

@@ -16,6 +16,7 @@ import psycopg
 
 from cdc.core import ledger, site_ledger
 from cdc.core.config import Config
+from cdc.source.slot import slot_figures
 
 T = TypeVar("T")
 
@@ -119,24 +120,17 @@ class SlotLine:
 def site_status(config: Config) -> SlotLine:
     site = config.need_site()
     with psycopg.connect(site.dsn) as conn:
-        row = conn.execute(
-            "SELECT active, wal_status, confirmed_flush_lsn::text,"
-            " (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint,"
-            " (pg_current_wal_lsn() - restart_lsn)::bigint, safe_wal_size"
-            " FROM pg_replication_slots WHERE slot_name = %s", (site.slot_name,)).fetchone()
+        slot = slot_figures(conn, site.slot_name)
         try:
             snaps = site_ledger.snapshots_not_done(conn, site.slot_name)
         except psycopg.errors.UndefinedTable:
             snaps = []
-    if row is None:
+    if slot is None:
         return SlotLine(site.id, site.slot_name, False, False, None, None, None, None,
                         site.max_retained_wal_bytes, None, snaps)
-    return SlotLine(site.id, site.slot_name, True, bool(row[0]), row[1], row[2],
-                    _int(row[3]), _int(row[4]), site.max_retained_wal_bytes, _int(row[5]), snaps)
-
-
-def _int(v: Any) -> int | None:
-    return None if v is None else int(v)
+    return SlotLine(site.id, site.slot_name, True, slot.active, slot.wal_status,
+                    slot.confirmed_flush_lsn, slot.lag_bytes, slot.retained_bytes,
+                    site.max_retained_wal_bytes, slot.safe_wal_size, snaps)
 
 
 def render_cloud(lines: list[SiteLine], as_json: bool) -> str:

@@ -25,6 +25,7 @@ from psycopg import sql
 
 from cdc.core import ledger
 from cdc.core.lsn import parse_lsn
+from cdc.source.catalog import key_columns
 
 log = logging.getLogger(__name__)
 
@@ -212,12 +213,6 @@ def applied_past(cloud: psycopg.Connection, site_id: str, lsn: int) -> bool:
     return end is not None and end >= lsn
 
 
-_KEY_SQL = """
-SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid
- AND a.attnum = ANY(i.indkey)
-WHERE i.indrelid = %s::regclass AND {}
-ORDER BY array_position(i.indkey::int2[], a.attnum)
-"""
 _COLUMNS_SQL = """
 SELECT a.attname, CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace
                        THEN format_type(a.atttypid, a.atttypmod) ELSE 'text' END
@@ -232,9 +227,10 @@ def table_shape(site: psycopg.Connection, cloud: psycopg.Connection, site_id: st
     regclass = sql.Identifier(schema, table).as_string(site)
     columns = site.execute(_COLUMNS_SQL, (regclass,)).fetchall()
     types = {name: sql_type for name, sql_type in columns}
+    relid = site.execute("SELECT %s::regclass::oid", (regclass,)).fetchone()[0]  # type: ignore[index]
     keys: list[str] = []
-    for flag in ("i.indisprimary", "i.indisreplident"):  # else the whole row (FULL)
-        keys = keys or [r[0] for r in site.execute(_KEY_SQL.format(flag), (regclass,)).fetchall()]
+    for index in ("primary", "replica"):  # else the whole row (FULL)
+        keys = keys or key_columns(site, relid, index)
     keys = keys or list(types)
     cloud_schema, _, cloud_table = mapping.get(f"{schema}.{table}", f"{schema}.{table}").partition(".")
     names = {c: c for c in types}

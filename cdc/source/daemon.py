@@ -21,7 +21,7 @@ from confluent_kafka import KafkaException
 from cdc.source import initial_copy
 from cdc.core.config import Config
 from cdc.core.errors import ConnectionLost, DeliveryError, ReplicationError
-from cdc.core.lsn import format_lsn, parse_lsn
+from cdc.core.lsn import format_lsn
 from cdc.source.dropped import DroppedRelations
 from cdc.source.event_builder import EventBuilder, SiteIdentity
 from cdc.source.pgoutput import Commit, Message, decode_frame, decode_message
@@ -35,13 +35,13 @@ from cdc.runtime.pgsession import pinned_conninfo
 from cdc.runtime.retry import run_with_backoff
 from cdc.runtime.topics import ensure_topic
 from cdc.runtime.schema_store import SchemaPublisher
-from cdc.source.slots import (
-    ChunkCatalog, SiteTable, column_lookup, create_slot_exporting, dropped_relations,
-    ensure_publication, ensure_slot, hypertables,
-    list_tables, matches, primary_key_lookup, publication_tables, record_creation, slot_state,
-    unchanged_lookup, unused_since_creation,
-    timescaledb_version, type_lookup,
-)
+from cdc.source.catalog import (ChunkCatalog, column_lookup, compressed_batch_delete_on,
+                                dropped_relations, hypertables, primary_key_lookup,
+                                timescaledb_version, type_lookup, unchanged_lookup)
+from cdc.source.publication import (SiteTable, ensure_publication, list_tables, matches,
+                                    publication_tables)
+from cdc.source.slot import (create_slot_exporting, ensure_slot, record_creation, slot_figures,
+                             slot_state, unused_since_creation)
 from cdc.source.snapshot import PREFIX as SNAPSHOT_PREFIX
 from cdc.source.snapshot import Snapshots, TableKey
 from cdc.source.stream import ReplicationStream, identify_system, now_pg_us, open_replication
@@ -96,14 +96,12 @@ class Source:
     def _observe_slot(self, conn: psycopg.Connection) -> None:
         """Slot figures for the metrics; an alarm when the slot retains more WAL than allowed."""
         site, m = self.site, self.metrics
-        row = conn.execute(
-            "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint,"
-            " (pg_current_wal_lsn() - restart_lsn)::bigint, wal_status, pg_current_wal_lsn()::text"
-            " FROM pg_replication_slots WHERE slot_name = %s", (site.slot_name,)).fetchone()
-        if row is None:
+        figures = slot_figures(conn, site.slot_name)
+        if figures is None:
             return
-        lag, retained, wal_status = int(row[0] or 0), int(row[1] or 0), row[2]
-        self._server_lsn = parse_lsn(row[3])
+        lag, retained = figures.lag_bytes or 0, figures.retained_bytes or 0
+        wal_status = figures.wal_status
+        self._server_lsn = figures.server_lsn
         m.wal_lag_bytes.labels(site.id).set(lag)
         m.retained_wal_bytes.labels(site.id).set(retained)
         over = retained > site.max_retained_wal_bytes
@@ -165,9 +163,7 @@ class Source:
     def _check_timescaledb(self, conn: psycopg.Connection) -> None:
         """A DELETE of whole compressed batches is invisible to logical decoding while
         timescaledb.enable_compressed_direct_batch_delete is on (DESIGN.md): say so, loudly."""
-        row = conn.execute("SELECT current_setting("
-                           "'timescaledb.enable_compressed_direct_batch_delete', true)").fetchone()
-        if row and row[0] == "on":
+        if compressed_batch_delete_on(conn):
             log.error("timescaledb.enable_compressed_direct_batch_delete is on: deletes of whole "
                       "compressed batches will not reach the cloud; run ALTER DATABASE ... SET "
                       "timescaledb.enable_compressed_direct_batch_delete = off",

@@ -15,7 +15,7 @@ dropped relations leave it. The rule is exact:
   are they forgotten. A relation that later reuses the OID gets a Relation message of its own
   (creating it invalidates pgoutput's per-relation state).
 
-Pure: the catalog query is passed in (:func:`cdc.source.slots.dropped_relations`).
+Pure: the catalog query is passed in (:func:`cdc.source.catalog.dropped_relations`).
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from psycopg import sql
 
 from cdc.core import site_ledger
 from cdc.core.errors import SchemaError
+from cdc.source.catalog import key_columns
 from cdc.source.pgoutput import Column, Message, Relation, Truncate
 
 log = logging.getLogger(__name__)
@@ -88,10 +89,7 @@ def describe_table(conn: psycopg.Connection, schema: str, table: str) -> TableKe
         " ORDER BY attnum", (oid,)).fetchall()
     columns = tuple(Column(1 if identity == "f" or a[0] in key_attnums else 0, a[1], int(a[2]),
                            int(a[3])) for a in attrs)
-    pk = [r[0] for r in conn.execute(
-        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND"
-        " a.attnum = ANY(i.indkey) WHERE i.indrelid = %s AND i.indisprimary"
-        " ORDER BY array_position(i.indkey::int2[], a.attnum)", (oid,)).fetchall()]
+    pk = key_columns(conn, oid)
     flagged = [a[1] for a in attrs if a[0] in key_attnums]
     keys = tuple(pk if identity in ("d", "f") and pk else flagged or [a[1] for a in attrs])
     types = {a[1]: a[4] for a in attrs}

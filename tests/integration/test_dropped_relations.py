@@ -14,7 +14,7 @@ import pytest
 from cdc.source.dropped import DroppedRelations
 from cdc.source.event_builder import EventBuilder
 from cdc.source.pgoutput import Commit, decode_message
-from cdc.source.slots import dropped_relations
+from cdc.source.catalog import dropped_relations
 from tests.unit.test_event_builder import SITE
 
 pytestmark = pytest.mark.integration

@@ -115,7 +115,7 @@ def test_deletes_of_a_cloud_hypertable_touch_only_the_chunks_of_their_keys(
 def test_a_live_chunk_truncate_removes_that_chunks_rows_only(
         tmp_path: Path, pg_factory: Any, kafka_broker: Any, unique_name: Any) -> None:
     """TRUNCATE of one daily chunk at a live site: the cloud loses that day's rows of the site,
-    keeps the others (cdc.source.slots.ChunkCatalog.chunk_range reads the range from the catalog)."""
+    keeps the others (cdc.source.catalog.ChunkCatalog.chunk_range reads the range from the catalog)."""
     site = pg_factory("site_tsdb", shared_preload_libraries="timescaledb")
     dsn = site.create_database(unique_name("tsdbtr"))
     execute(dsn, "CREATE EXTENSION timescaledb", MARKER_DDL,

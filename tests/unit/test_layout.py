@@ -85,7 +85,7 @@ def test_the_rule_finds_a_breach_in_each_wing(tmp_path: Path) -> None:
         "cdc/runtime/b.py": "from cdc.source import pgoutput\n",
         "cdc/source/c.py": "from cdc.ops import status\n",
         "cdc/ops/d.py": "from sinks import sink\n",
-        "sinks/e.py": "from cdc.source.slots import list_tables\n",
+        "sinks/e.py": "from cdc.source.publication import list_tables\n",
         "cdc/cli.py": "from sinks import sink\nfrom cdc.source import daemon\n",
     }
     for rel, text in planted.items():
@@ -94,4 +94,4 @@ def test_the_rule_finds_a_breach_in_each_wing(tmp_path: Path) -> None:
     assert breaches(tmp_path) == {
         ("cdc/core/a.py", "psycopg"), ("cdc/core/a.py", "cdc.runtime.logs"),
         ("cdc/runtime/b.py", "cdc.source.pgoutput"), ("cdc/source/c.py", "cdc.ops.status"),
-        ("cdc/ops/d.py", "sinks.sink"), ("sinks/e.py", "cdc.source.slots.list_tables")}
+        ("cdc/ops/d.py", "sinks.sink"), ("sinks/e.py", "cdc.source.publication.list_tables")}

@@ -13,7 +13,7 @@ site catalog says what it is, and this module turns that into how the column tra
   output and names its extension, so the sink can say which extension the cloud lacks;
 - a pseudo-type cannot be a value at all: a clear error names it.
 
-Pure: the catalog comes in through :class:`Catalog`, which :mod:`cdc.source.slots` implements.
+Pure: the catalog comes in through :class:`Catalog`, which :mod:`cdc.source.catalog` implements.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class TypeRow:
 
 
 class Catalog(Protocol):
-    """The site catalog queries type resolution needs (implemented in :mod:`cdc.source.slots`)."""
+    """The site catalog queries type resolution needs (implemented in :mod:`cdc.source.catalog`)."""
 
     def type_row(self, oid: int, typmod: int) -> TypeRow | None: ...
     def enum_labels(self, oid: int) -> list[str]: ...
