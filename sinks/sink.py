@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import struct
 from collections import Counter
 import threading
 import time
@@ -26,8 +25,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from cdc.core import ledger
 from cdc.core.config import Config
-from cdc.core.errors import (ApplyError, ConnectionLost, DecodeError, Fenced, GroupStuck,
-                             ProgressError, SchemaError)
+from cdc.core.errors import (ApplyError, ConnectionLost, DecodeError, Family, GroupStuck,
+                             classify)
 from cdc.core.ledger import FROM_BEGINNING, AppliedTx
 from cdc.core.lsn import format_lsn
 from cdc.runtime.failpoints import failpoint
@@ -45,13 +44,6 @@ from sinks.tables import CloudTables
 
 log = logging.getLogger(__name__)
 
-TRANSIENT = (ConnectionLost, Fenced, psycopg.OperationalError, KafkaException)
-#: what one site's data can cause: that site stops, the others go on
-SITE_ERRORS = (ApplyError, SchemaError, DecodeError, ProgressError)
-#: what bytes that are not a record of ours raise while decoded (Avro readers, field access):
-#: that record's site stops, named, instead of the whole sink
-RECORD_ERRORS = (ValueError, EOFError, IndexError, KeyError, TypeError, OverflowError,
-                 struct.error)
 PROGRESS_LOG_S = 30.0
 CONSUME_BATCH = 2000  # records asked of the consumer per loop turn
 
@@ -197,7 +189,7 @@ class Sink:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def run(self) -> None:
-        run_with_backoff(self.session, self.stop, "sink session", TRANSIENT)
+        run_with_backoff(self.session, self.stop, "sink session")
 
     def session(self) -> None:
         cfg = self.cfg
@@ -425,17 +417,17 @@ class Sink:
                     raise KafkaException(err)
                 try:
                     self._ingest(msg)
-                except SITE_ERRORS + RECORD_ERRORS as exc:  # unreadable or refused
+                except Exception as exc:  # unreadable or refused: that record's site stops
                     key = (msg.topic(), msg.partition())
                     stream = self.streams.get(key)
-                    if stream is None:
+                    if stream is None or classify(exc, reading_record=True) is not Family.SITE:
                         raise
                     where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
                     if isinstance(exc, UnreadableChange) and self.cfg.dead_letter_topic and \
                             stream.open is not None:
                         self._kill_open(key, stream, f"{where}: {exc}", unreadable=True)
                         continue
-                    if not isinstance(exc, SITE_ERRORS):
+                    if classify(exc) is not Family.SITE:  # bytes that are not a record of ours
                         exc = DecodeError(f"{where}: the record does not decode "
                                           f"({type(exc).__name__}: {exc})")
                     self._stop_site(key, exc)
@@ -512,8 +504,10 @@ class Sink:
                 if part.steps:
                     try:
                         applier.apply(part.stream.site_id, part.steps)
-                    except SITE_ERRORS as exc:  # this site's data: stop the site, not the sink
-                        raise _SiteFailed(part, exc) from exc
+                    except Exception as exc:  # this site's data: stop the site, not the sink
+                        if classify(exc) is Family.SITE:
+                            raise _SiteFailed(part, exc) from exc
+                        raise
                 if part.tx is not None:
                     ledger.save_site(conn, part.stream.site_id, part.tx,
                                              part.stream.site_lsn, part.earlier)

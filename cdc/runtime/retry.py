@@ -1,4 +1,4 @@
-"""Backoff for the daemons' sessions: a transient failure (a server away, a lost connection)
+"""Backoff for the daemons' sessions: a transient failure (:func:`cdc.core.errors.classify`)
 starts a new session after an exponential wait (0.5 s doubling to 30 s), logged; anything else
 ends the daemon. A stop request interrupts the wait. A session that ran for ``HEALTHY_S`` before
 it failed starts the backoff over: a daemon that has met many faults over a day still comes back
@@ -11,7 +11,9 @@ import threading
 import time
 from typing import Callable
 
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_never
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_never
+
+from cdc.core.errors import Family, classify
 
 log = logging.getLogger("cdc.retry")  # the name logs have always shown
 
@@ -34,8 +36,11 @@ class Backoff:
         return min(MAX_WAIT_S, FIRST_WAIT_S * 2 ** (attempt - self._first))
 
 
-def run_with_backoff(session: Callable[[], None], stop: threading.Event, what: str,
-                     transient: tuple[type[BaseException], ...]) -> None:
+def transient(exc: BaseException) -> bool:
+    return classify(exc) is Family.TRANSIENT
+
+
+def run_with_backoff(session: Callable[[], None], stop: threading.Event, what: str) -> None:
     """Run ``session`` until it returns with ``stop`` set, retrying transient failures."""
     backoff = Backoff()
     started = [time.monotonic()]
@@ -49,7 +54,7 @@ def run_with_backoff(session: Callable[[], None], stop: threading.Event, what: s
         log.warning(f"{what} interrupted; retrying in {wait_s:.1f} s: {exc}",
                     extra={"attempt": state.attempt_number, "error_type": type(exc).__name__})
 
-    retrying = Retrying(retry=retry_if_exception_type(transient), wait=wait, stop=stop_never,
+    retrying = Retrying(retry=retry_if_exception(transient), wait=wait, stop=stop_never,
                         before_sleep=before_sleep, reraise=True, sleep=stop.wait)
     for attempt in retrying:
         with attempt:

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 
 import psycopg
-from confluent_kafka import KafkaException
 
 
 from cdc.source import initial_copy
@@ -50,7 +49,6 @@ from cdc.source.topic_tail import last_published, wal_went_back
 
 log = logging.getLogger(__name__)
 
-TRANSIENT = (ConnectionLost, DeliveryError, psycopg.OperationalError, KafkaException)
 XLOGDATA, KEEPALIVE = ord("w"), ord("k")
 XLOG_HEADER = 25  # 'w' + wal_start + wal_end + send_time
 PROGRESS_LOG_S = 30.0
@@ -91,7 +89,7 @@ class Source:
 
     def run(self) -> None:
         """Sessions with exponential backoff on transient failures, until stopped."""
-        run_with_backoff(self.session, self.stop, "source session", TRANSIENT)
+        run_with_backoff(self.session, self.stop, "source session")
 
     def _observe_slot(self, conn: psycopg.Connection) -> None:
         """Slot figures for the metrics; an alarm when the slot retains more WAL than allowed."""

@@ -31,5 +31,5 @@ def test_transient_failures_are_retried_until_the_session_returns() -> None:
             raise ConnectionLost("the cloud is away")
         stop.set()
 
-    run_with_backoff(session, stop, "test session", (ConnectionLost,))
+    run_with_backoff(session, stop, "test session")
     assert len(calls) == 3
