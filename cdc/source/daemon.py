@@ -239,10 +239,10 @@ class Source:
                                     system.database)
             if kafka.schema_registry_url:  # Confluent wire format: the registry holds schemas
                 framing: Framing = RegistryFraming(registry_client(kafka), topic)
-                on_new_schema = None
+                publish_schema = None
             else:  # self-contained: schemas in the compacted schema topic, acked before use
-                framing, on_new_schema = SelfContained(), SchemaPublisher(kafka).publish
-            builder = EventBuilder(identity, type_lookup(conn), on_new_schema=on_new_schema,
+                framing, publish_schema = SelfContained(), SchemaPublisher(kafka).publish
+            builder = EventBuilder(identity, type_lookup(conn),
                                    key_lookup=primary_key_lookup(conn),
                                    column_lookup=column_lookup(conn), framing=framing,
                                    hypertable_of=chunk_filter.hypertable_of if chunk_filter
@@ -250,7 +250,7 @@ class Source:
                                    slot_created=unused_since_creation(conn, slot),
                                    unchanged_lookup=unchanged_lookup(conn))
             progress = SourceProgress(slot.confirmed_flush_lsn)
-            producer = EventProducer(kafka, topic, progress)
+            producer = EventProducer(kafka, topic, progress, publish_schema)
             if site.snapshot == "initial":
                 copy = initial_copy.InitialCopy(conn, slot.name, site.snapshot_chunk_rows,
                                                 slot.confirmed_flush_lsn, hypertable_facts)
@@ -329,7 +329,8 @@ class Source:
         last_refresh = last_sweep = time.monotonic()
         dropped = DroppedRelations()
         stats = self.stats
-        read, decode, handle, produce = stream.read, decode_message, builder.handle, producer.produce
+        read, decode, handle = stream.read, decode_message, builder.handle
+        produce, emit = producer.produce, producer.emit
         poll, check = producer.poll, producer.check
         last_status = 0.0
         last_log = last_observed = last_slot = last_beat = time.monotonic()
@@ -349,13 +350,16 @@ class Source:
                     if chunk_filter is not None:  # returns None for compression writes
                         msg = chunk_filter(msg)
                     if msg is not None:
-                        for key, value in handle(msg):
-                            produce(key, value)
+                        for item in handle(msg):
+                            if type(item) is tuple:
+                                produce(*item)
+                            else:  # a schema the records after it need published first
+                                emit(item)
                         failpoint("source.mid_transaction")
                         if type(msg) is Message and snapshots is not None \
                                 and msg.prefix == SNAPSHOT_PREFIX:  # a snapshot chunk's turn
-                            for key, value in snapshots.on_message(msg, builder):
-                                produce(key, value)
+                            for item in snapshots.on_message(msg, builder):
+                                emit(item)
                             snapshots.step()  # the next chunk's message, without waiting
                         if type(msg) is Commit:
                             failpoint("source.after_produce")  # produced, not yet confirmable
@@ -402,7 +406,8 @@ class Source:
                     last_slot = now
                     self._observe_slot(conn)
                     if not builder.in_transaction:  # the cloud's lag in bytes
-                        produce(*builder.position(self._server_lsn, time.time_ns() // 1000))
+                        for item in builder.position(self._server_lsn, time.time_ns() // 1000):
+                            emit(item)
             if now - last_refresh >= refresh:
                 last_refresh = now
                 self._refresh_tables(conn, snapshots)

@@ -1,7 +1,9 @@
 """pgoutput messages -> encoded Kafka records (key, value) of change events.
 
-Pure: the only outside facts come through the type lookup (SQL names of non-built-in types) and
-the ``on_new_schema`` callback, which the source uses to publish a schema before its first use.
+Pure: the outside facts come through the catalog lookups passed in (SQL names of non-built-in
+types, primary keys, columns' attnums). It does no I/O of its own: a schema it has not announced
+yet comes out as a :class:`PublishSchema` ahead of the first records that use it, and the
+daemon publishes it, and waits for Kafka to hold it, before it produces them.
 
 Per site transaction the stream carries: a Begin record, one record per change (a delete is
 followed by a tombstone for its key; an update that changes the key is followed by a tombstone
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Union
 
 from cachetools import LRUCache
 
@@ -42,6 +44,17 @@ log = logging.getLogger(__name__)
 VERSIONS_KEPT = 256
 #: schema fingerprints known to be published; one evicted is published again (idempotent)
 ANNOUNCED_KEPT = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PublishSchema:
+    """What the builder needs done before the records after it: publish this schema."""
+
+    codec: Codec
+
+
+Output = Union[Record, PublishSchema]
+"""What the builder returns: records, each preceded by the schemas it needs published."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +95,6 @@ class EventBuilder:
     """Feeds on decoded pgoutput messages of one site, returns the records to publish."""
 
     def __init__(self, site: SiteIdentity, lookup: TypeLookup | None = None,
-                 on_new_schema: Callable[[Codec], None] | None = None,
                  key_lookup: KeyLookup | None = None,
                  column_lookup: ColumnLookup | None = None,
                  framing: Framing | None = None,
@@ -96,7 +108,7 @@ class EventBuilder:
         # relation OID -> its current version's codec: as many as the relation cache holds
         self._codecs: dict[int, _TableCodec] = {}
         self._by_info: LRUCache[TableInfo, _TableCodec] = LRUCache(VERSIONS_KEPT)
-        self._on_new_schema = on_new_schema
+        self._due: list[Output] = []  # schemas to publish ahead of the next records
         self._begin = self._framing.codec(control_schema("begin"))
         self._commit = self._framing.codec(control_schema("commit"))
         self._position = self._framing.codec(control_schema("position"))
@@ -118,9 +130,16 @@ class EventBuilder:
     # -- schemas ---------------------------------------------------------------------------
     def _announce(self, codec: Codec) -> None:
         if self._announced.get(codec.fingerprint) is None:  # get: a hit counts as a use
-            if self._on_new_schema is not None:
-                self._on_new_schema(codec)
+            self._due.append(PublishSchema(codec))
             self._announced[codec.fingerprint] = True
+
+    def _with_due(self, records: list[Output]) -> list[Output]:
+        """The schemas due, ahead of the records (kept while there are none to go with)."""
+        if not records:
+            return records
+        out, self._due = self._due, []
+        out.extend(records)
+        return out
 
     def _emit_control_schemas(self) -> None:
         self._announce(self._begin)
@@ -134,12 +153,13 @@ class EventBuilder:
             self._codecs.pop(oid, None)
         self._refreshed = {r for r in self._refreshed if r[0] not in oids}
 
-    def position(self, server_lsn: int, at_us: int) -> Record:
+    def position(self, server_lsn: int, at_us: int) -> list[Output]:
         """A Position record (between transactions): the site server's WAL position."""
         if self._open:
             raise DecodeError("a Position record inside a transaction")
-        return (POSITION_KEY, self._position.encode(
-            {"site": self.site.site_id, "server_lsn": server_lsn, "at": at_us}))
+        records: list[Output] = [(POSITION_KEY, self._position.encode(
+            {"site": self.site.site_id, "server_lsn": server_lsn, "at": at_us}))]
+        return self._with_due(records) if self._due else records
 
     def _codec(self, oid: int) -> _TableCodec:
         codec = self._codecs.get(oid)
@@ -158,8 +178,13 @@ class EventBuilder:
     def in_transaction(self) -> bool:
         return self._open
 
-    def handle(self, msg: object, lsn: int = 0) -> list[Record]:
-        """The records one message yields (often one; none for Relation, Origin, Type)."""
+    def handle(self, msg: object, lsn: int = 0) -> list[Output]:
+        """The records one message yields (often one; none for Relation, Origin, Type), each
+        preceded by the schemas it needs published."""
+        records = self._records(msg)
+        return self._with_due(records) if self._due else records
+
+    def _records(self, msg: object) -> list[Output]:
         kind = type(msg)
         if kind is Insert:
             return self._insert(msg)  # type: ignore[arg-type]
@@ -183,7 +208,7 @@ class EventBuilder:
             return []  # logical messages carry no row changes (TimescaleDB markers: cdc.source.timescale)
         return []  # Origin, Type: nothing to publish
 
-    def _begin_tx(self, msg: Begin) -> list[Record]:
+    def _begin_tx(self, msg: Begin) -> list[Output]:
         if self._open:
             raise DecodeError(f"Begin of xid {msg.xid} inside transaction xid {self._xid}")
         self._xid, self._seq = msg.xid, 0
@@ -203,7 +228,7 @@ class EventBuilder:
         first, self._session_first = self._session_first, False
         return {"session_first": first, "slot_created": first and self._slot_created}
 
-    def _commit_tx(self, msg: Commit) -> list[Record]:
+    def _commit_tx(self, msg: Commit) -> list[Output]:
         if not self._open:
             raise DecodeError(f"Commit at {msg.commit_lsn:X} outside a transaction")
         self._open = False
@@ -243,12 +268,12 @@ class EventBuilder:
                     return self._checked_codec(oid, *tuples)
         return codec
 
-    def _insert(self, msg: Insert) -> list[Record]:
+    def _insert(self, msg: Insert) -> list[Output]:
         codec = self._checked_codec(msg.relation_oid, msg.new)
         row, key = codec.rows.row_key(msg.new, None)
         return [(codec.key_prefix + BRANCH1 + key, self._envelope(codec, None, row, "c"))]
 
-    def _update(self, msg: Update) -> list[Record]:
+    def _update(self, msg: Update) -> list[Output]:
         codec = self._checked_codec(msg.relation_oid, msg.new, msg.old)
         toast: list[str] = []
         after, key = codec.rows.row_key(msg.new, toast)
@@ -263,7 +288,7 @@ class EventBuilder:
                     after, key = codec.rows.row_key(filled, toast)
             old_key = codec.key_prefix + BRANCH1 + old_key
         key = codec.key_prefix + BRANCH1 + key
-        records: list[Record] = [(key, self._envelope(codec, before, after, "u", toast))]
+        records: list[Output] = [(key, self._envelope(codec, before, after, "u", toast))]
         if old_key is not None and old_key != key and not codec.info.nullable_key:
             records.append((old_key, None))  # the old identity is gone: compaction forgets it
         return records
@@ -284,7 +309,7 @@ class EventBuilder:
         return tuple(found[c.name] if v is UNCHANGED_TOAST else v
                      for c, v in zip(info.columns, new))
 
-    def _delete(self, msg: Delete) -> list[Record]:
+    def _delete(self, msg: Delete) -> list[Output]:
         codec = self._checked_codec(msg.relation_oid, msg.old)
         before, key = codec.rows.row_key(msg.old, None)
         key = codec.key_prefix + BRANCH1 + key
@@ -292,7 +317,7 @@ class EventBuilder:
             return [(key, self._envelope(codec, before, None, "d"))]
         return [(key, self._envelope(codec, before, None, "d")), (key, None)]
 
-    def snapshot_row(self, oid: int, values: tuple) -> list[Record]:
+    def snapshot_row(self, oid: int, values: tuple) -> list[Output]:
         """A row read by a snapshot, as an ``r`` event (source.snapshot true) in the open
         transaction: the one that carries the snapshot chunk's marker (cdc.source.snapshot)."""
         codec = self._checked_codec(oid, values)
@@ -303,14 +328,15 @@ class EventBuilder:
             value = self._envelope(codec, None, row, "r")
         finally:
             self._tx_suffix = suffix
-        return [(codec.key_prefix + BRANCH1 + key, value)]
+        records: list[Output] = [(codec.key_prefix + BRANCH1 + key, value)]
+        return self._with_due(records) if self._due else records
 
     def _truncate(self, msg: Truncate,
-                  ranges: dict[int, ChunkRange] | None = None) -> list[Record]:
+                  ranges: dict[int, ChunkRange] | None = None) -> list[Output]:
         """A ``t`` event per table. A TimescaleDB chunk's carries the chunk's time range: a
         ``before`` row holding only the start and an ``after`` row holding only the end (both
         absent on an unbounded side); the sink removes the site's rows in [start, end)."""
-        records: list[Record] = []
+        records: list[Output] = []
         for oid in msg.relation_oids:
             codec = self._codec(oid)
             key = codec.key_prefix + NULL

@@ -194,8 +194,8 @@ class InitialCopy:
         records = builder.handle(Begin(self.lsn, ts, SNAPSHOT_XID))
         records += builder.handle(Truncate(tuple(oids), False, False))
         records += builder.handle(Commit(0, self.lsn, self.lsn, ts))
-        for k, v in records:
-            producer.produce(k, v)
+        for item in records:
+            producer.emit(item)
         log.info("initial copy: the site's rows of the copied tables are replaced in the cloud",
                  extra={"slot": self.slot, "tables": len(oids)})
 
@@ -258,8 +258,8 @@ class InitialCopy:
                     values = tuple(result.get_value(i, j) for j in range(width))
                     records += builder.snapshot_row(key.oid, values)
                 records += builder.handle(Commit(0, self.lsn, self.lsn, ts))
-                for k, v in records:
-                    producer.produce(k, v)
+                for item in records:
+                    producer.emit(item)
                     failpoint("initial_copy.in_chunk")
                 if not key.keyless:
                     after = [bytes(values[i]).decode() for i in key_at]

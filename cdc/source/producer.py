@@ -9,12 +9,14 @@ streams again from the slot's confirmed point.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from confluent_kafka import KafkaException, Producer
 
 from cdc.core.config import KafkaConfig
 from cdc.core.errors import DeliveryError
+from cdc.core.wire.avro import Codec
+from cdc.source.event_builder import Output, PublishSchema
 from cdc.source.progress import SourceProgress
 from cdc.runtime.topics import client_config, kafka_error_logger
 
@@ -35,8 +37,10 @@ PRODUCER_SAFETY: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
 class EventProducer:
     """Produces encoded records to one topic and counts acknowledgements into ``progress``."""
 
-    def __init__(self, kafka: KafkaConfig, topic: str, progress: SourceProgress) -> None:
+    def __init__(self, kafka: KafkaConfig, topic: str, progress: SourceProgress,
+                 publish_schema: Callable[[Codec], None] | None = None) -> None:
         self.topic = topic
+        self._publish_schema = publish_schema  # None: the registry framing holds the schemas
         self._progress = progress
         self._error: str | None = None
         conf = dict(PRODUCER_DEFAULTS)
@@ -50,6 +54,15 @@ class EventProducer:
             raise DeliveryError(f"cannot create Kafka producer for {topic}: {exc}") from exc
         self._produce = self._producer.produce
         self.poll = self._producer.poll
+
+    def emit(self, item: Output) -> None:
+        """One of the event builder's outputs: a record to produce, or a schema to publish
+        (and have Kafka hold) before the records after it."""
+        if type(item) is PublishSchema:
+            if self._publish_schema is not None:
+                self._publish_schema(item.codec)
+        else:
+            self.produce(*item)  # type: ignore[misc]
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:

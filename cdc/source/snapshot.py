@@ -199,7 +199,7 @@ class Snapshots:
             self._held[2].close()
             self._held = None
 
-    def on_message(self, msg: Message, builder: Any) -> Iterator[tuple[bytes, bytes | None]]:
+    def on_message(self, msg: Message, builder: Any) -> Iterator[Any]:
         """Our chunk message reached the stream: its rows, as ``r`` events of its transaction,
         read through a cursor a batch at a time (a table without a key is one chunk, however
         large: it never sits in memory whole)."""

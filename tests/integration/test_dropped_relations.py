@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from cdc.source.dropped import DroppedRelations
-from cdc.source.event_builder import EventBuilder
+from tests.collecting_builder import CollectingBuilder
 from cdc.source.pgoutput import Commit, decode_message
 from cdc.source.catalog import dropped_relations
 from tests.unit.test_event_builder import SITE
@@ -20,7 +20,7 @@ from tests.unit.test_event_builder import SITE
 pytestmark = pytest.mark.integration
 
 
-def read(conn: psycopg.Connection, slot: str, builder: EventBuilder) -> tuple[int, int]:
+def read(conn: psycopg.Connection, slot: str, builder: CollectingBuilder) -> tuple[int, int]:
     """Feed the slot's pending messages to the builder: (records, last Commit's end LSN)."""
     rows = conn.execute(
         "SELECT data FROM pg_logical_slot_get_binary_changes(%s, NULL, NULL,"
@@ -47,7 +47,7 @@ def test_dropped_table_is_forgotten_after_the_stream_passes_the_drop(
         try:
             gone, kept = (conn.execute("SELECT %s::regclass::oid", (t,)).fetchone()[0]
                           for t in ("gone", "kept"))
-            builder = EventBuilder(SITE)
+            builder = CollectingBuilder(SITE)
             conn.execute("INSERT INTO gone VALUES (1)")
             conn.execute("INSERT INTO kept VALUES (1)")
             read(conn, slot, builder)

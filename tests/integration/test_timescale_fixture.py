@@ -13,7 +13,8 @@ from confluent_kafka import Producer
 
 from cdc.core.config import KafkaConfig
 from cdc.core.lsn import format_lsn
-from cdc.source.event_builder import EventBuilder, SiteIdentity
+from cdc.source.event_builder import SiteIdentity
+from tests.collecting_builder import CollectingBuilder
 from cdc.source.pgoutput import Begin, Commit, Relation, Truncate, decode_message
 from cdc.runtime.topics import ensure_topic
 from cdc.runtime.schema_store import SchemaPublisher
@@ -39,7 +40,7 @@ def publish_fixture(kafka: KafkaConfig, topic: str, truncate_chunk: str | None =
     catalog = recorded_catalog()
     tsf = TimescaleFilter(lambda schema, table: catalog.get((schema, table)),
                           ranges=lambda schema, table: CHUNK_RANGES.get((schema, table)))
-    builder = EventBuilder(SITE, on_new_schema=SchemaPublisher(kafka).publish,
+    builder = CollectingBuilder(SITE, on_new_schema=SchemaPublisher(kafka).publish,
                            hypertable_of=tsf.hypertable_of)
     ensure_topic(kafka, topic, {})
     producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "acks": "all",

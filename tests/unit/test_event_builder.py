@@ -13,7 +13,8 @@ from hypothesis import given, settings, strategies as st
 from cdc.core.wire.avro import Codec, read_fingerprint, without_logical_types
 from cdc.core.errors import DecodeError
 from cdc.core.wire.model import CONTROL_KEY
-from cdc.source.event_builder import EventBuilder, SiteIdentity
+from cdc.source.event_builder import SiteIdentity
+from tests.collecting_builder import CollectingBuilder
 from cdc.source.pgoutput import (
     UNCHANGED_TOAST, Begin, Column, Commit, Delete, Insert, Relation, Truncate, Update,
     decode_message, pg_us_to_unix_us,
@@ -25,9 +26,9 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SITE = SiteIdentity("plant-1", "7300000000000000001", 1, "tributary_plant_1", "factory")
 
 
-def builder() -> tuple[EventBuilder, dict[int, Codec]]:
+def builder() -> tuple[CollectingBuilder, dict[int, Codec]]:
     codecs: dict[int, Codec] = {}
-    b = EventBuilder(SITE, lookup=lambda oid, typmod: f"public.type_{oid}",
+    b = CollectingBuilder(SITE, lookup=lambda oid, typmod: f"public.type_{oid}",
                      on_new_schema=lambda c: codecs.__setitem__(c.fingerprint, c))
     return b, codecs
 
@@ -217,7 +218,7 @@ def test_a_key_move_that_left_toast_unchanged_carries_the_row_read_at_the_new_ke
         return site_rows.get(key["key"])
 
     codecs: dict[int, Codec] = {}
-    b = EventBuilder(SITE, lookup=lambda oid, typmod: "text",
+    b = CollectingBuilder(SITE, lookup=lambda oid, typmod: "text",
                      on_new_schema=lambda c: codecs.__setitem__(c.fingerprint, c),
                      unchanged_lookup=lookup)
     b.handle(rel)
@@ -234,3 +235,33 @@ def test_a_key_move_that_left_toast_unchanged_carries_the_row_read_at_the_new_ke
     assert rec["unchanged_toast"] == ["blob"]
     assert asked == [("public.settings", {"key": b"a1"}, ["blob"]),
                      ("public.settings", {"key": b"a2"}, ["blob"])]
+
+
+def test_the_builder_does_no_io_each_schema_comes_out_before_its_first_use() -> None:
+    """The builder returns what it needs done (publish a schema) ahead of the records that
+    need it; the daemon publishes it before it produces them. No record may come out whose
+    schema did not come out first, and no schema comes out twice."""
+    from cdc.source.event_builder import EventBuilder, PublishSchema
+
+    b = EventBuilder(SITE, lookup=lambda oid, typmod: f"public.type_{oid}")
+    published: list[int] = []
+    outputs = []
+    rel = Relation(16385, "public", "devices", "d", (Column(1, "id", 23, -1),
+                                                     Column(0, "name", 25, -1)))
+    for msg in (rel, Begin(0x2000, 0, 7), Insert(16385, (b"1", b"a")),
+                Update(16385, None, None, (b"1", b"b")), Delete(16385, (b"1", None), "K"),
+                Commit(0, 0x2000, 0x2010, 0), Begin(0x3000, 0, 8), Insert(16385, (b"2", b"c")),
+                Commit(0, 0x3000, 0x3010, 0)):
+        outputs += b.handle(msg)
+    outputs += b.position(0x4000, 0)
+    for item in outputs:
+        if isinstance(item, PublishSchema):
+            assert item.codec.fingerprint not in published
+            published.append(item.codec.fingerprint)
+            continue
+        key, value = item
+        for data in (key, value):
+            if data is not None and not data.startswith(CONTROL_KEY[:1]):
+                assert read_fingerprint(data) in published, "a record before its schema"
+    assert len(published) == 5  # begin, commit, position, the table's envelope and key
+    assert not b.handle(Relation(16385, "public", "devices", "d", rel.columns))  # nothing due

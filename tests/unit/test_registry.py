@@ -15,7 +15,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from cdc.core.wire.avro import read_fingerprint
 from cdc.core.errors import SchemaError
-from cdc.source.event_builder import EventBuilder
+from tests.collecting_builder import CollectingBuilder
 from cdc.source.pgoutput import Begin, Column, Commit, Insert, Relation, Update
 from cdc.runtime.registry import RegistryFraming, RegistrySchemas, subject_of
 from sinks.changes import TableVersion
@@ -29,7 +29,7 @@ V2 = Relation(16384, "public", "devices", "d", V1.columns + (Column(0, "installe
 
 
 def stream(client: SchemaRegistryClient) -> list[tuple[bytes, bytes | None]]:
-    b = EventBuilder(SITE, framing=RegistryFraming(client, TOPIC))
+    b = CollectingBuilder(SITE, framing=RegistryFraming(client, TOPIC))
     out = []
     b.handle(V1)
     b.handle(Begin(100, 0, 7))
@@ -71,7 +71,7 @@ def test_a_refused_schema_names_table_subject_and_reason() -> None:
             raise SchemaRegistryError(409, 409, "Schema being registered is incompatible with an"
                                                 " earlier schema for subject")
 
-    b = EventBuilder(SITE, framing=RegistryFraming(SchemaRegistryClient.new_client(
+    b = CollectingBuilder(SITE, framing=RegistryFraming(SchemaRegistryClient.new_client(
         {"url": "mock://ok"}), TOPIC))
     b._framing = RegistryFraming(Refusing(), TOPIC)  # type: ignore[arg-type]
     b.handle(V1)

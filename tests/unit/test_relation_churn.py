@@ -15,7 +15,7 @@ from cdc.source import event_builder
 from cdc.core.wire.avro import Codec
 from cdc.core.errors import SchemaError
 from cdc.source.dropped import DroppedRelations
-from cdc.source.event_builder import EventBuilder
+from tests.collecting_builder import CollectingBuilder
 from cdc.source.pgoutput import Begin, Column, Commit, Insert, Relation
 from cdc.source.timescale import CHUNK_SCHEMA, Hypertable, TimescaleFilter
 from tests.unit.test_event_builder import SITE
@@ -43,7 +43,7 @@ class Site:
     def __init__(self) -> None:
         self.schemas: dict[int, Codec] = {}
         self.filter = TimescaleFilter(lookup)
-        self.builder = EventBuilder(SITE, on_new_schema=lambda c: self.schemas.__setitem__(
+        self.builder = CollectingBuilder(SITE, on_new_schema=lambda c: self.schemas.__setitem__(
             c.fingerprint, c), hypertable_of=self.filter.hypertable_of)
         self.dropped = DroppedRelations()
         self.lsn = 1 << 32
@@ -127,7 +127,7 @@ def test_table_versions_are_lru_bounded_and_rebuilt_equal(
     monkeypatch.setattr(event_builder, "VERSIONS_KEPT", 8)
     monkeypatch.setattr(event_builder, "ANNOUNCED_KEPT", 16)
     announced: list[int] = []
-    b = EventBuilder(SITE, on_new_schema=lambda c: announced.append(c.fingerprint))
+    b = CollectingBuilder(SITE, on_new_schema=lambda c: announced.append(c.fingerprint))
 
     def version(i: int) -> Relation:  # schema version i of table t: i extra columns
         return Relation(1, "public", "t", "d", (Column(1, "id", 23, -1),) + tuple(

@@ -11,7 +11,7 @@ from pathlib import Path
 from fastavro import parse_schema, schemaless_reader
 
 from cdc.core.wire.avro import read_fingerprint
-from cdc.source.event_builder import EventBuilder
+from tests.collecting_builder import CollectingBuilder
 from cdc.source.pgoutput import (Begin, Delete, Insert, Message, Relation, Truncate, Update,
                           decode_message)
 from cdc.source.timescale import (ChunkRange, ChunkTruncate, Hypertable, TimescaleFilter,
@@ -75,7 +75,7 @@ def test_chunks_of_one_hypertable_share_one_event_schema() -> None:
                for k, h in catalog.items()}
     tsf = TimescaleFilter(lambda schema, table: catalog.get((schema, table)))
     schemas: dict[int, dict] = {}
-    builder = EventBuilder(SITE, on_new_schema=lambda c: schemas.__setitem__(c.fingerprint, c.schema),
+    builder = CollectingBuilder(SITE, on_new_schema=lambda c: schemas.__setitem__(c.fingerprint, c.schema),
                            hypertable_of=tsf.hypertable_of)
     for line in (FIXTURE / "stream.jsonl").read_text().splitlines():
         msg = tsf(decode_message(bytes.fromhex(json.loads(line)["payload"])))
@@ -113,7 +113,7 @@ def test_a_chunk_truncate_carries_the_chunks_time_range_into_its_event() -> None
     tsf = TimescaleFilter(lambda schema, table: catalog.get((schema, table)),
                           ranges=lambda schema, table: ranges.get(table))
     schemas: dict[int, dict] = {}
-    builder = EventBuilder(SITE, on_new_schema=lambda c: schemas.__setitem__(c.fingerprint,
+    builder = CollectingBuilder(SITE, on_new_schema=lambda c: schemas.__setitem__(c.fingerprint,
                                                                              c.schema))
     for msg in messages:
         out = tsf(msg)

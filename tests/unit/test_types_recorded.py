@@ -10,7 +10,7 @@ import struct
 from pathlib import Path
 
 from cdc.core.wire.avro import read_fingerprint
-from cdc.source.event_builder import EventBuilder
+from tests.collecting_builder import CollectingBuilder
 from cdc.source.pgoutput import Insert, Relation, Update, decode_message
 from sinks.changes import TableVersion
 from sinks.decoding import EnvelopeDecoder
@@ -37,7 +37,7 @@ def same_value(kind: str, raw: bytes, value: object) -> bool:
 
 def test_recorded_edge_values_come_back_as_the_site_printed_them() -> None:
     codecs = {}
-    builder = EventBuilder(SITE, lookup=lambda oid, typmod: "interval day to second(2)",
+    builder = CollectingBuilder(SITE, lookup=lambda oid, typmod: "interval day to second(2)",
                            on_new_schema=lambda c: codecs.__setitem__(c.fingerprint, c))
     kinds: dict[str, str] = {}
     checked = 0
