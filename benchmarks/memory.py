@@ -27,7 +27,7 @@ import psycopg
 
 from benchmarks.pipeline import DEVICES, Bench, git_describe, say
 
-LIMIT_MB = 300  # DESIGN.md, "Targets": source and sink each < 300 MB peak
+LIMIT_MB = 300  # the target (README, "Measuring"): source and sink each < 300 MB peak
 
 
 @dataclass(frozen=True)

@@ -160,7 +160,7 @@ class Source:
 
     def _check_timescaledb(self, conn: psycopg.Connection) -> None:
         """A DELETE of whole compressed batches is invisible to logical decoding while
-        timescaledb.enable_compressed_direct_batch_delete is on (DESIGN.md): say so, loudly."""
+        timescaledb.enable_compressed_direct_batch_delete is on (docs/design.md, "TimescaleDB"): say so, loudly."""
         if compressed_batch_delete_on(conn):
             log.error("timescaledb.enable_compressed_direct_batch_delete is on: deletes of whole "
                       "compressed batches will not reach the cloud; run ALTER DATABASE ... SET "

@@ -1,6 +1,6 @@
 """Source progress: which LSN may be confirmed to the slot.
 
-Rule (DESIGN.md, "Progress is a commit, never a change"): confirm a transaction by its Commit
+Rule (docs/design.md, "Progress is a commit, never a change"): confirm a transaction by its Commit
 message's end LSN, and only once Kafka has acknowledged every record of it and of every earlier
 transaction. Records are numbered in the order they are produced; Kafka acknowledges the records
 of one partition in that order (idempotent producer), so the acknowledged prefix is a count.

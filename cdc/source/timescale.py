@@ -4,7 +4,7 @@ A hypertable's rows live in chunk tables (``_timescaledb_internal._hyper_<h>_<n>
 pgoutput reports every insert, update and delete as a change of a chunk. Compressing a chunk
 writes its rows into a ``compress_hyper_*`` chunk, and changes to compressed rows decompress them
 first; those writes are bracketed by logical messages ``::timescaledb-compression-start/-end``
-and ``::timescaledb-decompression-start/-end`` (DESIGN.md), and none of them is a change of the
+and ``::timescaledb-decompression-start/-end`` (docs/design.md), and none of them is a change of the
 data. This filter sits between the decoder and the event builder:
 
 - a Relation of a chunk is renamed to its hypertable (and remembered by OID); one of a chunk of
