@@ -328,13 +328,17 @@ class Sink:
         except KafkaException:
             pass
 
-    def _rollback(self) -> None:
-        """Forget everything not committed; the stored offsets are where we resume."""
+    def _forget_uncommitted(self) -> None:
+        """Roll the cloud transaction back; the applier forgets what it prepared in it."""
         try:
             self.conn.rollback()
         except psycopg.Error:
             pass
         self.applier.forget()
+
+    def _rollback(self) -> None:
+        """Forget everything not committed; the stored offsets are where we resume."""
+        self._forget_uncommitted()
         self.streams.clear()
         self.big = None
 
@@ -724,11 +728,7 @@ class Sink:
 
     def _drain_connection_of_big(self) -> None:
         """The site of an open large transaction stopped: drop its parts, resume the others."""
-        try:
-            self.conn.rollback()
-        except psycopg.Error:
-            pass
-        self.applier.forget()
+        self._forget_uncommitted()
         self._resume_others()
 
     def _start_big(self, key: tuple[str, int]) -> None:
