@@ -36,11 +36,9 @@ from typing import Any
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.harness import (BenchBase, BenchError, Child, git_describe, process_cpu_s,
+                                run_bench, say, tree_cpu_s, vm_hwm_mb, wait_until)
 from cdc.core.config import SinkConfig
-from benchmarks.pipeline import (
-    BenchBase, BenchError, Child, git_describe, process_cpu_s, run_bench, say, tree_cpu_s,
-    vm_hwm_mb, wait_until,
-)
 from devenv import pipeline
 from devenv.kafka import KAFKA_VERSION, KafkaBroker, ensure_kafka
 from devenv.ports import free_port

@@ -25,7 +25,8 @@ from typing import Any
 
 import psycopg
 
-from benchmarks.pipeline import DEVICES, Bench, git_describe, say
+from benchmarks.harness import git_describe, say
+from benchmarks.pipeline import DEVICES, Bench
 
 LIMIT_MB = 300  # the target (README, "Measuring"): source and sink each < 300 MB peak
 

@@ -1,10 +1,10 @@
 """Pipeline throughput: Tributary's source and sink against PostgreSQL's own tools, on one backlog.
 
-    python -m benchmarks.pipeline                      # 1,000,000 rows, transactions of 10,000
-    python -m benchmarks.pipeline --rows 200000 --tx-size 1000
-    python -m benchmarks.pipeline --one-transaction    # the whole backlog in one transaction
-    python -m benchmarks.pipeline --profile            # also sample the daemons with py-spy
-    python -m benchmarks.pipeline --memory             # peak RSS of each daemon (memory.py)
+    python -m benchmarks                      # 1,000,000 rows, transactions of 10,000
+    python -m benchmarks --rows 200000 --tx-size 1000
+    python -m benchmarks --one-transaction    # the whole backlog in one transaction
+    python -m benchmarks --profile            # also sample the daemons with py-spy
+    python -m benchmarks --memory             # peak RSS of each daemon (memory.py)
 
 One run starts a site and a cloud PostgreSQL cluster and a Kafka broker in a temp dir, writes a
 backlog of changes at the site behind two logical slots created at the same point, and then
@@ -24,31 +24,23 @@ What the figures mean: benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import json
 import os
 import platform
-import re
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psycopg
 
+from benchmarks.harness import (PROGRESS_EVERY_S, RESULTS_DIR, BenchBase, BenchError, delta, finish_profiler,
+                                git_describe, process_cpu_s, say, start_profiler,
+                                thousands, tree_cpu_s, vm_hwm_mb, wait_until)
 from cdc.core.lsn import format_lsn, parse_lsn
 from devenv.kafka import KAFKA_VERSION, KafkaBroker, ensure_kafka
 from devenv.postgres import PgCluster, ensure_postgres_installed
 from devenv import pipeline
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO / "bench-results"
 
 SITE_ID = "site1"
 TOPIC_PREFIX = "bench"
@@ -58,13 +50,10 @@ SLOT_TRIBUTARY = "bench_tributary"
 SLOT_RECVLOGICAL = "bench_recvlogical"
 DATABASE = "bench"
 DEVICES = 1000
-PROGRESS_EVERY_S = 10.0
-POLL_S = 0.1
 # devenv's cluster settings, plus: no autovacuum. A table just filled by one phase would be
 # vacuumed and analyzed during the next phase, on the same 2 cores; the benchmark runs
 # VACUUM (ANALYZE) itself between phases instead (untimed).
 PG_SETTINGS = {"autovacuum": "off"}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 SITE_DDL = (
     "CREATE TABLE public.readings (device_id int NOT NULL, ts timestamptz NOT NULL,"
@@ -92,312 +81,6 @@ COPY_DDL = [
 # The same digest of the rows on both sides: the cloud must hold exactly the site's rows.
 DIGEST_SQL = ("SELECT count(*), count(DISTINCT (device_id, ts)), sum(value)::numeric(30,6),"
               " sum(quality), count(note), sum(length(note)) FROM {table}{where}")
-
-
-class BenchError(Exception):
-    """The run cannot go on; the message says why (with a daemon's log tail where useful)."""
-
-
-# ------------------------------------------------------------------------------------ output
-
-_T0 = time.monotonic()
-
-
-def say(msg: str) -> None:
-    print(f"[{time.monotonic() - _T0:7.1f}s] {msg}", flush=True)
-
-
-def thousands(n: float) -> str:
-    return f"{n:,.0f}"
-
-
-# ------------------------------------------------------------------------------------- /proc
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields 3.. of /proc/<pid>/stat (after ``pid (comm)``), or None when gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2:].split()
-
-
-def process_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of one process (all its threads)."""
-    f = _stat_fields(pid)
-    return None if f is None else (int(f[11]) + int(f[12])) / CLK_TCK
-
-
-def tree_cpu_s(leader: int | None) -> float | None:
-    """CPU seconds of a server process, its live children and its reaped children.
-
-    A PostgreSQL backend calls setsid(), so the process group does not find the backends; they
-    are the postmaster's direct children, and the ones already gone are in its cutime/cstime.
-    """
-    if leader is None:
-        return None
-    lead = _stat_fields(leader)
-    if lead is None:
-        return None
-    total = sum(int(x) for x in lead[11:15])  # utime stime cutime cstime
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == leader:
-            continue
-        f = _stat_fields(int(entry.name))
-        if f is not None and len(f) > 12 and int(f[1]) == leader:
-            total += int(f[11]) + int(f[12])
-    return total / CLK_TCK
-
-
-def vm_hwm_mb(pid: int) -> float | None:
-    """Peak resident set size (VmHWM) of a live process, in MB."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def _delta(after: float | None, before: float | None) -> float | None:
-    return None if after is None or before is None else round(after - before, 2)
-
-
-# ---------------------------------------------------------------------------- child processes
-
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-
-
-def _die_with_parent() -> None:  # preexec_fn: nothing outlives a SIGKILLed benchmark
-    if _libc is not None:
-        _libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
-def child_env() -> dict[str, str]:
-    """The environment of the daemons: ours without CDC_* (the config files say everything)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
-
-
-class Child:
-    """A process we start and reap ourselves (``wait4``: exit code and its resource usage)."""
-
-    def __init__(self, name: str, argv: list[str], log_path: Path,
-                 env: dict[str, str] | None = None) -> None:
-        self.name, self.argv, self.log_path, self.env = name, argv, log_path, env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.returncode: int | None = None
-        self.rusage: Any = None
-        self.t0 = 0.0  # monotonic at start
-        self.t0_wall = 0.0
-        self.t_exit: float | None = None
-
-    def start(self) -> "Child":
-        with open(self.log_path, "ab") as log:
-            self.t0_wall, self.t0 = time.time(), time.monotonic()
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, cwd=REPO, env=self.env,
-                                         preexec_fn=_die_with_parent)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def poll(self) -> int | None:
-        if self.proc is None or self.returncode is not None:
-            return self.returncode
-        try:
-            pid, status, rusage = os.wait4(self.proc.pid, os.WNOHANG)
-        except ChildProcessError:
-            pid, status, rusage = self.proc.pid, 255 << 8, None
-        if pid:
-            self.t_exit = time.monotonic()
-            self.returncode = os.waitstatus_to_exitcode(status)
-            self.proc.returncode = self.returncode
-            self.rusage = rusage
-        return self.returncode
-
-    def running(self) -> bool:
-        return self.proc is not None and self.poll() is None
-
-    def wait(self, timeout: float, step: float = 0.01) -> int | None:
-        deadline = time.monotonic() + timeout
-        while self.poll() is None and time.monotonic() < deadline:
-            time.sleep(step)
-        return self.returncode
-
-    def stop(self, timeout: float = 60.0) -> int | None:
-        """SIGTERM and a bounded wait; SIGKILL after ``timeout``. Returns the exit code."""
-        if self.running():
-            self.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-            if self.wait(timeout, 0.05) is None:
-                say(f"{self.name} did not stop within {timeout:.0f}s after SIGTERM; killing it")
-                self.kill()
-        return self.returncode
-
-    def kill(self) -> None:
-        if self.running():
-            self.proc.kill()  # type: ignore[union-attr]
-            self.wait(15, 0.05)
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError as exc:
-            return f"<cannot read {self.log_path}: {exc}>"
-        return "\n".join(text.splitlines()[-lines:]) or f"<{self.log_path} is empty>"
-
-    def log_event_s(self, msg: str) -> float | None:
-        """Seconds from start to the first JSON log line whose ``msg`` is ``msg``."""
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return None
-        for line in lines:
-            if f'"msg": "{msg}"' not in line:
-                continue
-            try:
-                rec = json.loads(line)
-                ts = datetime.strptime(rec["ts"], "%Y-%m-%dT%H:%M:%S.%fZ")
-            except (ValueError, KeyError):
-                continue
-            return ts.replace(tzinfo=timezone.utc).timestamp() - self.t0_wall
-        return None
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
-               child: Child | None = None,
-               progress: Callable[[float], str] | None = None) -> tuple[float, Any]:
-    """Poll ``predicate`` every 0.1 s until truthy; returns (monotonic time, value).
-
-    Fails when ``child`` exits meanwhile or after ``timeout`` seconds, with its log tail.
-    """
-    start = time.monotonic()
-    deadline = start + timeout
-    next_report = start + PROGRESS_EVERY_S
-    while True:
-        value = predicate()
-        now = time.monotonic()
-        if value:
-            return now, value
-        if child is not None and child.poll() is not None:
-            raise BenchError(f"{child.name} exited with code {child.returncode} while waiting "
-                             f"for {what}; its log ({child.log_path}) ends:\n{child.log_tail()}")
-        if now >= deadline:
-            tail = (f"; {child.name}'s log ({child.log_path}) ends:\n{child.log_tail()}"
-                    if child is not None else "")
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
-        if progress is not None and now >= next_report:
-            say(progress(now - start))
-            next_report += PROGRESS_EVERY_S
-        time.sleep(POLL_S)
-
-
-# ------------------------------------------------------------------------------- profiling
-
-def start_profiler(bench: "Bench", child: Child) -> Child | None:
-    """py-spy sampling ``child`` (raw collapsed stacks), or None when py-spy is missing."""
-    exe = shutil.which("py-spy")
-    if exe is None:
-        say("--profile: py-spy not found on PATH (pip install py-spy); not profiling")
-        return None
-    bench.profile_dir.mkdir(parents=True, exist_ok=True)
-    out = bench.profile_dir / f"{child.name}.folded"
-    spy = bench.child(f"py-spy-{child.name}",
-                      [exe, "record", "--pid", str(child.pid), "--rate", "100", "--format", "raw",
-                       "--nonblocking", "--output", str(out)])
-    spy.output = out  # type: ignore[attr-defined]
-    return spy.start()
-
-
-def finish_profiler(spy: Child | None) -> dict[str, Any] | None:
-    """Wait for py-spy (it ends with its target) and summarize where the samples fell."""
-    if spy is None:
-        return None
-    if spy.wait(60, 0.1) is None:
-        spy.proc.send_signal(signal.SIGINT)  # type: ignore[union-attr]
-        spy.wait(30, 0.1)
-    out: Path = spy.output  # type: ignore[attr-defined]
-    if not out.is_file():
-        say(f"{spy.name} wrote no profile; its log ends:\n{spy.log_tail(10)}")
-        return None
-    own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
-    for line in out.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
-        total += n
-        frames = [re.sub(r":\d+\)$", ")", fr) for fr in stack.split(";")]
-        own[frames[-1]] += n
-        for fr in set(frames):
-            inclusive[fr] += n
-    if not total:
-        return None
-    # Tributary's frames below the trunk (main, cli, run, session: in nearly every sample)
-    ours = Counter({k: v for k, v in inclusive.items()
-                    if re.search(r"\((?:cdc|sinks)/", k.replace(str(REPO) + "/", ""))
-                    and v < 0.85 * total})
-
-    def top(c: Counter[str], n: int = 15) -> list[list[Any]]:
-        return [[round(100.0 * v / total, 1), k.replace(str(REPO) + "/", "")]
-                for k, v in c.most_common(n)]
-
-    return {"samples": total, "file": str(out), "self_pct": top(own),
-            "inclusive_pct_below_main_loop": top(ours)}
-
-
-# ------------------------------------------------------------------------------------ the run
-
-class BenchBase:
-    """What every benchmark holds: its temp dir, the child processes and servers it started,
-    and their cleanup (also on errors and Ctrl-C, see :func:`run_bench`)."""
-
-    def __init__(self, args: argparse.Namespace, prefix: str) -> None:
-        self.args = args
-        self.stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.tmp = Path(tempfile.mkdtemp(prefix=prefix))
-        self.children: list[Child] = []
-        self.servers: list[PgCluster | KafkaBroker] = []
-
-    def child(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
-        c = Child(name, argv, self.tmp / f"{name}.log", env)
-        self.children.append(c)
-        return c
-
-    def daemon(self, kind: str, name: str, config: Path) -> Child:
-        return self.child(name, [sys.executable, "-m", "cdc.cli", kind, "run", "--config",
-                                 str(config)], child_env())
-
-    def cleanup(self) -> None:
-        for c in reversed(self.children):
-            try:
-                c.stop(30)
-            except Exception as exc:  # noqa: BLE001 - keep cleaning up
-                print(f"bench: stopping {c.name} failed: {exc}", file=sys.stderr)
-        for s in reversed(self.servers):
-            try:
-                s.stop()
-            except Exception as exc:  # noqa: BLE001
-                print(f"bench: stopping {s!r} failed: {exc}", file=sys.stderr)
-        if self.args.keep:
-            print(f"bench: kept {self.tmp} (--keep)", file=sys.stderr)
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def server_log_tails(self) -> None:
-        """Print the servers' log tails: a failure is often explained there."""
-        for s in self.servers:
-            log = getattr(s, "log_file", None)
-            if log is not None and Path(log).is_file():
-                lines = Path(log).read_text(errors="replace").splitlines()[-15:]
-                print(f"--- {log} (last lines)\n" + "\n".join(lines), file=sys.stderr)
 
 
 class Bench(BenchBase):
@@ -605,7 +288,7 @@ class Bench(BenchBase):
             "seconds": round(seconds, 3), "rows_per_s": round(self.rows / seconds),
             "peak_rss_mb": round(ru.ru_maxrss / 1024, 1) if ru else None,
             "cpu_s": {"client": round(ru.ru_utime + ru.ru_stime, 2) if ru else None,
-                      "site_postgres": _delta(tree_cpu_s(self.site.pid), site0)},
+                      "site_postgres": delta(tree_cpu_s(self.site.pid), site0)},
             "slot_confirmed_lsn_after": format_lsn(reached)}
         say(f"pg_recvlogical: {seconds:.2f} s ({thousands(self.rows / seconds)} rows/s)")
 
@@ -625,8 +308,8 @@ class Bench(BenchBase):
         """Stop a timed daemon and gather its figures: time, memory, CPU of it and its servers."""
         seconds = done - c.t0
         hwm, cpu = vm_hwm_mb(c.pid), process_cpu_s(c.pid)
-        server_cpu = _delta(tree_cpu_s(server_pid), server0)
-        kafka_cpu = _delta(tree_cpu_s(self.broker.pid), kafka0)
+        server_cpu = delta(tree_cpu_s(server_pid), server0)
+        kafka_cpu = delta(tree_cpu_s(self.broker.pid), kafka0)
         startup = c.log_event_s(ready_event)
         rc = c.stop(60)
         if rc != 0:
@@ -693,7 +376,7 @@ class Bench(BenchBase):
             conn.commit()
             seconds = time.monotonic() - t0
         time.sleep(0.5)  # the postmaster reaps the backend: its CPU moves to cutime
-        cloud_cpu = _delta(tree_cpu_s(self.cloud.pid), cloud0)
+        cloud_cpu = delta(tree_cpu_s(self.cloud.pid), cloud0)
         self.check_cloud_rows(COPY_TABLE, "the COPY baseline")
         with psycopg.connect(self.cloud_dsn, autocommit=True) as conn:
             conn.execute(f"VACUUM (ANALYZE) {COPY_TABLE}")  # not during the sink's run
@@ -808,17 +491,6 @@ class Bench(BenchBase):
                 p[name]["time_vs_baseline"] = round(p[name]["seconds"] / p[base]["seconds"], 2)
 
 
-def git_describe() -> str | None:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
-                              capture_output=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO, text=True, capture_output=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{head}{'+dirty' if dirty else ''}" if head else None
-
-
 # ------------------------------------------------------------------------------------ report
 
 LABELS = [
@@ -890,7 +562,7 @@ def render(r: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
-        prog="python -m benchmarks.pipeline",
+        prog="python -m benchmarks",
         description="Throughput of the Tributary source and sink against pg_recvlogical and "
                     "COPY on one backlog of site changes (see benchmarks/README.md).")
     ap.add_argument("--rows", type=int, default=1_000_000,
@@ -918,50 +590,4 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _raise_interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.memory:
-        from benchmarks import memory
-        return run_bench(args, memory.MemoryCheck, "memory", memory.render)
-    return run_bench(args, Bench, "pipeline", render)
-
-
-def run_bench(args: argparse.Namespace, make: Callable[[argparse.Namespace], Any], name: str,
-              render_results: Callable[[dict[str, Any]], str]) -> int:
-    """Run a benchmark object (``run``, ``cleanup``, ``server_log_tails``, ``stamp``): signals
-    turned into a clean stop, servers stopped also on errors, figures printed and written to
-    ``bench-results/<name>-<stamp>.json``."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupt)
-    bench = make(args)
-    try:
-        results = bench.run()
-    except KeyboardInterrupt:
-        print("\nbench: interrupted; cleaning up", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"bench: FAILED: {exc}", file=sys.stderr)
-        bench.server_log_tails()
-        if not args.keep:
-            print("bench: the temp dir is removed; run again with --keep to inspect the logs",
-                  file=sys.stderr)
-        return 1
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)  # let the cleanup finish
-        bench.cleanup()
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"{name}-{bench.stamp}.json"
-    path.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    print()
-    print(render_results(results))
-    print(f"\nfigures written to {path.relative_to(REPO)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
