@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import logging
 import queue
-from collections import Counter
 import threading
+from collections import Counter
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -27,7 +27,6 @@ from cdc.core import ledger
 from cdc.core.config import Config
 from cdc.core.errors import (ApplyError, ConnectionLost, DecodeError, Family, GroupStuck,
                              classify)
-from cdc.core.ledger import FROM_BEGINNING, AppliedTx
 from cdc.core.lsn import format_lsn
 from cdc.runtime.failpoints import failpoint
 from cdc.runtime.health import Health
@@ -37,10 +36,11 @@ from cdc.runtime.retry import run_with_backoff
 from cdc.runtime.topics import client_config, kafka_error_logger
 from sinks import dead_letters
 from sinks.applier import Applier
-from sinks.batcher import DeadTx, SiteStream, Step, plan
+from sinks.batcher import DeadTx, SiteStream, plan
 from sinks.group_watch import STATS_INTERVAL_MS, GroupState, GroupWatch
 from sinks.record_reader import RecordReader, UnreadableChange
 from sinks.tables import CloudTables
+from sinks.worker import ApplyWorker, Part, SiteFailed, forget_uncommitted
 
 log = logging.getLogger(__name__)
 
@@ -55,102 +55,6 @@ class SinkStats:
     batches: int = 0
     skipped: int = 0
     last_commit_ts: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class _Part:
-    """One partition's share of a cloud transaction."""
-
-    topic: str
-    partition: int
-    stream: SiteStream
-    steps: list[Step]
-    changes: int
-    tx: AppliedTx | None
-    next_offset: int | None
-    final: bool = True  # False: a part of a large transaction, the cloud transaction stays open
-    expected: int = FROM_BEGINNING  # the offset the cloud must still hold here (the fence)
-    earlier: dict = field(default_factory=dict)  # the site's earlier identities, when taken
-    ops: dict[str, int] = field(default_factory=dict)  # changes by op, for the metrics
-    commit_ts: list[int] = field(default_factory=list)  # site commit times (us) of its txs
-    committed_at: float = 0.0  # cloud commit time (Unix s), set by the worker
-    replaying: bool = False  # the site had a replay to finish when the part was taken
-    first_offset: int | None = None  # the Begin of its first transaction
-    txs: int = 0  # complete transactions in it
-    tables: tuple[str, ...] = ()  # the site tables they change
-
-
-class _SiteFailed(Exception):
-    """One site's part of a batch cannot be applied; the batch was rolled back."""
-
-    def __init__(self, part: _Part, cause: Exception) -> None:
-        super().__init__(str(cause))
-        self.part, self.cause = part, cause
-        self.batch: list[_Part] = []
-
-
-class _ApplyWorker(threading.Thread):
-    """Applies batches on the cloud connection while the main thread reads the next one.
-
-    At most one batch waits (bounded memory); the main thread touches the connection only after
-    :meth:`drain`. A failure is kept and raised in the main thread. When one site's part fails,
-    the batches after it are held, not applied, so the main thread can submit them again without
-    that site and every other site stays in commit order.
-    """
-
-    def __init__(self, apply_batch: Callable[[list[_Part]], None]) -> None:
-        super().__init__(name="tributary-apply", daemon=True)
-        self._apply = apply_batch
-        self._jobs: queue.Queue[list[_Part] | None] = queue.Queue(maxsize=1)
-        self.finished: queue.SimpleQueue[list[_Part]] = queue.SimpleQueue()
-        self.error: BaseException | None = None
-        self.failed: _SiteFailed | None = None
-        self.held: list[list[_Part]] = []
-
-    def run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            try:
-                if job is None:
-                    return
-                if self.error is not None:
-                    continue
-                if self.failed is not None:
-                    self.held.append(job)
-                    continue
-                self._apply(job)
-                self.finished.put(job)
-            except _SiteFailed as failed:
-                failed.batch = job  # type: ignore[assignment]
-                self.failed = failed
-            except BaseException as exc:  # handed to the main thread by check()
-                self.error = exc
-            finally:
-                self._jobs.task_done()
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def idle(self) -> bool:
-        """No batch in hand or waiting."""
-        return self._jobs.unfinished_tasks == 0
-
-    def submit(self, job: list[_Part]) -> None:
-        self.check()
-        self._jobs.put(job)
-
-    def drain(self) -> None:
-        """Wait until every submitted batch is committed (or failed)."""
-        self._jobs.join()
-        self.check()
-
-    def close(self) -> None:
-        try:
-            self._jobs.put(None, timeout=30)
-        except queue.Full:
-            return  # stuck on the connection: it is a daemon thread, the process is ending
-        self.join(30)
 
 
 class Sink:
@@ -199,15 +103,16 @@ class Sink:
         except psycopg.OperationalError as exc:
             raise ConnectionLost(f"cannot connect to the cloud database: {exc}".strip()) from exc
         consumer = None
-        self.worker: _ApplyWorker | None = None
+        self.worker: ApplyWorker | None = None
         try:
             with conn.transaction():
                 ledger.ensure_schema(conn)
             conn.autocommit = False
-            self.conn = conn
-            self.applier = Applier(conn, CloudTables(
+            applier = Applier(conn, CloudTables(
                 cfg.site_column, cfg.tables, cfg.create_tables, cfg.dsn), frozenset(
                 name for name, mode in cfg.table_modes.items() if mode == "append"))
+            # from here on the cloud connection is the worker's alone (sinks.worker)
+            self.worker = ApplyWorker(conn, applier, self._apply_batch)
             self.streams: dict[tuple[str, int], SiteStream] = {}
             self.big: tuple[str, int] | None = None  # partition whose big transaction is open
             self._rewound: set[tuple[str, int]] = set()  # read again from the cloud's offset
@@ -231,7 +136,6 @@ class Sink:
                                on_revoke=self._on_revoke, on_lost=self._on_lost)
             log.info("consuming", extra={"pattern": self.kafka.site_topic_pattern,
                                          "group": cfg.group_id})
-            self.worker = _ApplyWorker(self._apply_batch)
             self.worker.start()
             self.health.set_ready(True)
             self.metrics.consuming.set(1)
@@ -277,15 +181,20 @@ class Sink:
         failpoint("sink.on_assign")
         self._drain()
         self._rollback()
-        ledger.register_partitions(self.conn, self.cfg.group_id,
-                                           [(tp.topic, tp.partition) for tp in partitions])
-        offsets = ledger.load_offsets(self.conn, self.cfg.group_id)
-        sites = ledger.load_sites(self.conn)
-        earlier = ledger.load_earlier(self.conn)
-        replays = ledger.load_replays(self.conn)
-        ledger.clear_stopped(self.conn, [
-            s for s in (self.kafka.site_of_topic(tp.topic) for tp in partitions) if s])
-        self.conn.commit()
+        group = self.cfg.group_id
+        assigned = [(tp.topic, tp.partition) for tp in partitions]
+        assigned_sites = [s for s in (self.kafka.site_of_topic(tp.topic) for tp in partitions)
+                          if s]
+
+        def load(conn: psycopg.Connection, _: Applier) -> tuple[Any, Any, Any, Any]:
+            ledger.register_partitions(conn, group, assigned)
+            progress = (ledger.load_offsets(conn, group), ledger.load_sites(conn),
+                        ledger.load_earlier(conn), ledger.load_replays(conn))
+            ledger.clear_stopped(conn, assigned_sites)
+            conn.commit()
+            return progress
+
+        offsets, sites, earlier, replays = self.worker.call(load)
         for tp in partitions:
             site = self.kafka.site_of_topic(tp.topic)
             tp.offset = offsets.get((tp.topic, tp.partition), OFFSET_BEGINNING)
@@ -330,11 +239,8 @@ class Sink:
 
     def _forget_uncommitted(self) -> None:
         """Roll the cloud transaction back; the applier forgets what it prepared in it."""
-        try:
-            self.conn.rollback()
-        except psycopg.Error:
-            pass
-        self.applier.forget()
+        if self.worker is not None:
+            self.worker.call(forget_uncommitted)
 
     def _rollback(self) -> None:
         """Forget everything not committed; the stored offsets are where we resume."""
@@ -380,9 +286,7 @@ class Sink:
                                  "after_lsn": format_lsn(rec["prev_end_lsn"])})
                 if self.big == key:  # its first part is in the open cloud transaction
                     self._drain()
-                    self.conn.rollback()
-                    self.applier.forget()
-                    self._resume_others()
+                    self._drain_connection_of_big()
         elif kind == "position":  # the site's WAL position: lag in bytes
             stream.site_lsn = rec["server_lsn"]
             stream.other(offset)
@@ -487,7 +391,7 @@ class Sink:
             first, txs, tables = (stream.done_first_offset, stream.done_count,
                                   tuple(sorted(stream.done_tables)))
             changes, tx, offset = stream.take_done()
-            batch.append(_Part(topic, partition, stream, plan(changes), len(changes), tx, offset,
+            batch.append(Part(topic, partition, stream, plan(changes), len(changes), tx, offset,
                                ops=Counter(c.op for c in changes), commit_ts=commit_ts,
                                replaying=stream.had_replay, expected=expected,
                                earlier=dict(stream.earlier), first_offset=first, txs=txs,
@@ -496,30 +400,29 @@ class Sink:
             self.worker.submit(batch)
         self._collect()
 
-    def _apply_batch(self, batch: list[_Part]) -> None:
+    def _apply_batch(self, batch: list[Part], conn: psycopg.Connection,
+                     applier: Applier) -> None:
         """In the worker: the batch's rows and progress, one cloud transaction."""
-        conn, applier = self.conn, self.applier
         started = time.monotonic()
         try:
             for part in sorted(batch, key=lambda p: (p.topic, p.partition)):  # one lock order
-                ledger.claim(conn, self.cfg.group_id, part.topic, part.partition,
-                                     part.expected)
+                ledger.claim(conn, self.cfg.group_id, part.topic, part.partition, part.expected)
             for part in batch:
                 if part.steps:
                     try:
                         applier.apply(part.stream.site_id, part.steps)
                     except Exception as exc:  # this site's data: stop the site, not the sink
                         if classify(exc) is Family.SITE:
-                            raise _SiteFailed(part, exc) from exc
+                            raise SiteFailed(part, exc) from exc
                         raise
                 if part.tx is not None:
-                    ledger.save_site(conn, part.stream.site_id, part.tx,
-                                             part.stream.site_lsn, part.earlier)
+                    ledger.save_site(conn, part.stream.site_id, part.tx, part.stream.site_lsn,
+                                     part.earlier)
                     if part.replaying:
                         ledger.finish_replay(conn, part.stream.site_id, part.tx.commit_lsn)
                 if part.next_offset is not None:
-                    ledger.save_offset(conn, self.cfg.group_id, part.topic,
-                                               part.partition, part.next_offset)
+                    ledger.save_offset(conn, self.cfg.group_id, part.topic, part.partition,
+                                       part.next_offset)
             if not all(part.final for part in batch):
                 return  # more of a large transaction follows in this cloud transaction
             conn.commit()
@@ -604,15 +507,15 @@ class Sink:
             self._drain_connection_of_big()
 
     # -- dead letters ------------------------------------------------------------------------
-    def _part_failed(self, part: _Part, cause: Exception,
-                     jobs: list[list[_Part]]) -> list[list[_Part]]:
+    def _part_failed(self, part: Part, cause: Exception,
+                     jobs: list[list[Part]]) -> list[list[Part]]:
         """One site's part of a batch failed (the batch was rolled back): stop the site, or,
         with dead letters on, send the failing transaction there. Returns the batches to
         submit again, in order (without what cannot apply now)."""
         key = (part.topic, part.partition)
         stream = self.streams.get(key)
         mine = [p for job in jobs for p in job if (p.topic, p.partition) == key]
-        drop: list[_Part] = mine  # the site's parts not to submit again
+        drop: list[Part] = mine  # the site's parts not to submit again
         if not self.cfg.dead_letter_topic:
             self._stop_site(key, cause)
         elif stream is None or stream is not part.stream:
@@ -658,7 +561,7 @@ class Sink:
         self._dead_letter(key, stream, dead, stream.cloud_offset, dead.last_offset + 1)
         stream.buried(dead)
 
-    def _bury_part(self, key: tuple[str, int], stream: SiteStream, part: _Part,
+    def _bury_part(self, key: tuple[str, int], stream: SiteStream, part: Part,
                    reason: str) -> None:
         """A part of one transaction failed: that transaction goes to the dead letters."""
         assert part.tx is not None and part.first_offset is not None
@@ -676,21 +579,20 @@ class Sink:
         assert dlt is not None
         offsets = dead_letters.copy_to_topic(self.kafka, self.cfg.group_id, stream.site_id,
                                              topic, partition, dead, dlt, self.stop.is_set)
-        conn = self.conn
-        try:
-            ledger.claim(conn, self.cfg.group_id, topic, partition, expected)
-            dead_letters.record(conn, stream.site_id, topic, partition, dead, dlt, offsets)
-            ledger.save_site(conn, stream.site_id, dead.tx, stream.site_lsn,
-                                     dict(stream.earlier))
-            ledger.save_offset(conn, self.cfg.group_id, topic, partition, next_offset)
-            conn.commit()
-        except BaseException:
+        group, earlier = self.cfg.group_id, dict(stream.earlier)
+
+        def move_past(conn: psycopg.Connection, applier: Applier) -> None:
             try:
-                conn.rollback()
-            except psycopg.Error:
-                pass
-            self.applier.forget()
-            raise
+                ledger.claim(conn, group, topic, partition, expected)
+                dead_letters.record(conn, stream.site_id, topic, partition, dead, dlt, offsets)
+                ledger.save_site(conn, stream.site_id, dead.tx, stream.site_lsn, earlier)
+                ledger.save_offset(conn, group, topic, partition, next_offset)
+                conn.commit()
+            except BaseException:
+                forget_uncommitted(conn, applier)
+                raise
+
+        self.worker.call(move_past)
         self.metrics.dead_letters.labels(stream.site_id).inc()
         log.error(f"site {stream.site_id}: transaction sent to dead-letter topic {dlt}: "
                   f"{dead.reason}", extra={
@@ -702,10 +604,13 @@ class Sink:
     def _rewind(self, key: tuple[str, int], stream: SiteStream, offset: int) -> None:
         """Read a site again from what the cloud holds, one transaction per cloud transaction
         up to where it had read, so the one that cannot be applied is found alone."""
-        sites = ledger.load_sites(self.conn)
-        earlier = ledger.load_earlier(self.conn)
-        replays = ledger.load_replays(self.conn)
-        self.conn.rollback()
+        def load(conn: psycopg.Connection, _: Applier) -> tuple[Any, Any, Any]:
+            progress = (ledger.load_sites(conn), ledger.load_earlier(conn),
+                        ledger.load_replays(conn))
+            conn.rollback()
+            return progress
+
+        sites, earlier, replays = self.worker.call(load)
         site = stream.site_id
         again = SiteStream(site, sites.get(site), replays.get(site), earlier.get(site))
         again.resume_at(offset)
@@ -719,7 +624,7 @@ class Sink:
                                           offset if offset >= 0 else OFFSET_BEGINNING))
 
     def _drain(self) -> None:
-        """Wait for the worker: after this the main thread may use the connection."""
+        """Wait until every batch handed to the worker is committed (or failed)."""
         if self.worker is not None:
             while True:
                 self.worker.drain()
@@ -748,7 +653,7 @@ class Sink:
         failpoint("sink.apply_part")
         if changes:
             topic, partition = next(k for k, s in self.streams.items() if s is stream)
-            self.worker.submit([_Part(topic, partition, stream, plan(changes), len(changes),
+            self.worker.submit([Part(topic, partition, stream, plan(changes), len(changes),
                                       None, None, final=False,
                                       ops=Counter(c.op for c in changes),
                                       expected=stream.cloud_offset)])

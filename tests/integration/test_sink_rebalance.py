@@ -19,7 +19,8 @@ import psycopg
 from cdc.core import ledger
 from cdc.core.config import load_config
 from devenv.pipeline import cloud_config
-from sinks.sink import Sink, _ApplyWorker
+from sinks.sink import Sink
+from sinks.worker import ApplyWorker
 
 
 def test_a_partition_paused_before_a_rebalance_is_consumed_after_it(
@@ -42,12 +43,12 @@ def test_a_partition_paused_before_a_rebalance_is_consumed_after_it(
         assert producer.flush(30) == 0
 
     sink = Sink(config)  # its rebalance callbacks, on a consumer of the test's
-    sink.conn = psycopg.connect(cloud)
-    with sink.conn.transaction():
-        ledger.ensure_schema(sink.conn)
-    sink.applier = type("NoApplier", (), {"forget": lambda self: None})()
+    conn = psycopg.connect(cloud)
+    with conn.transaction():
+        ledger.ensure_schema(conn)
+    no_applier: Any = type("NoApplier", (), {"forget": lambda self: None})()
     sink.big, sink.streams = None, {}
-    sink.worker = _ApplyWorker(sink._apply_batch)  # idle: the test reads, nothing is applied
+    sink.worker = ApplyWorker(conn, no_applier, sink._apply_batch)  # idle: nothing is applied
     sink.worker.start()
     assigned: list[int] = []
 
@@ -86,4 +87,4 @@ def test_a_partition_paused_before_a_rebalance_is_consumed_after_it(
     finally:
         consumer.close()
         sink.worker.close()
-        sink.conn.close()
+        conn.close()
