@@ -218,8 +218,8 @@ def save_site(conn: Connection, site_id: str, tx: AppliedTx,
     conn.execute(sql.SQL(
         "INSERT INTO {} AS s (site_id, system_id, timeline, slot, xid, commit_lsn, end_lsn,"
         " commit_ts, site_lsn, earlier) VALUES (%s, %s, %s, %s, %s, %s::pg_lsn, %s::pg_lsn, %s,"
-        " %s::pg_lsn, %s::jsonb) ON CONFLICT (site_id) DO UPDATE SET system_id = EXCLUDED.system_id,"
-        " timeline = EXCLUDED.timeline, slot = EXCLUDED.slot, xid = EXCLUDED.xid,"
+        " %s::pg_lsn, %s::jsonb) ON CONFLICT (site_id) DO UPDATE SET"
+        " system_id = EXCLUDED.system_id, timeline = EXCLUDED.timeline, slot = EXCLUDED.slot, xid = EXCLUDED.xid,"
         " commit_lsn = EXCLUDED.commit_lsn, end_lsn = EXCLUDED.end_lsn,"
         " commit_ts = EXCLUDED.commit_ts, applied_at = clock_timestamp(),"
         " site_lsn = coalesce(EXCLUDED.site_lsn, s.site_lsn),"

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import psycopg
 
@@ -27,6 +28,7 @@ from cdc.source.pgoutput import Commit, Message, decode_frame, decode_message
 from cdc.source.producer import EventProducer
 from cdc.source.progress import SourceProgress
 from cdc.runtime.registry import Framing, RegistryFraming, SelfContained, registry_client
+from cdc.runtime.duties import Every, Heartbeat
 from cdc.runtime.failpoints import failpoint
 from cdc.runtime.health import Health
 from cdc.runtime.metrics import source_metrics
@@ -39,8 +41,8 @@ from cdc.source.catalog import (ChunkCatalog, column_lookup, compressed_batch_de
                                 timescaledb_version, type_lookup, unchanged_lookup)
 from cdc.source.publication import (SiteTable, ensure_publication, list_tables, matches,
                                     publication_tables)
-from cdc.source.slot import (create_slot_exporting, ensure_slot, record_creation, slot_figures,
-                             slot_state, unused_since_creation)
+from cdc.source.slot import (SlotState, create_slot_exporting, ensure_slot, record_creation,
+                             slot_figures, slot_state, unused_since_creation)
 from cdc.source.snapshot import PREFIX as SNAPSHOT_PREFIX
 from cdc.source.snapshot import Snapshots, TableKey
 from cdc.source.stream import ReplicationStream, identify_system, now_pg_us, open_replication
@@ -67,6 +69,34 @@ class SourceStats:
     records: int = 0
     confirmed_lsn: int = 0
     sessions: int = 0
+
+
+@dataclass
+class _Session:
+    """What one source session holds open; closed together at its end."""
+
+    conn: psycopg.Connection  # the site, autocommit: catalog reads, progress, heartbeats
+    repl: psycopg.Connection | None = None  # the replication connection
+    snap: psycopg.Connection | None = None  # the initial copy's snapshot transaction
+    snapshots: Snapshots | None = None
+    producer: EventProducer | None = None
+    system: Any = None  # IDENTIFY_SYSTEM's answer
+    slot: SlotState | None = None
+    fresh_slot: bool = False  # created by this session
+    started_over: bool = False  # an initial copy dropped its slot to start over
+
+    def close_snapshot(self) -> None:
+        if self.snap is not None:
+            self.snap.close()
+            self.snap = None
+
+    def close(self) -> None:
+        if self.snapshots is not None:
+            self.snapshots.close()
+        self.conn.close()
+        self.close_snapshot()
+        if self.repl is not None:
+            self.repl.close()
 
 
 class Source:
@@ -182,125 +212,161 @@ class Source:
                 snapshots.request([(t.schema, t.name) for t in new], "joined the replicated set")
 
     def session(self) -> None:
-        site, kafka = self.site, self.config.kafka
+        """One session: prepare the site, open (or create) the slot, finish an initial copy,
+        then stream until stopped. What it opens is closed at its end, whatever happens."""
+        site = self.site
         self.stats.sessions += 1
         self.health.beat()  # a new attempt: alive, even while a server stays away (backoff)
         try:
             conn = psycopg.connect(pinned_conninfo(site.dsn), autocommit=True)
         except psycopg.OperationalError as exc:
-            raise ConnectionLost(f"site {site.id}: cannot connect to the site database: {exc}") from exc
-        repl = None
-        producer = None
-        snap: psycopg.Connection | None = None  # the initial copy's snapshot transaction
-        snapshots: Snapshots | None = None
+            raise ConnectionLost(
+                f"site {site.id}: cannot connect to the site database: {exc}") from exc
+        s = _Session(conn)
         try:
             self._prepare(conn)
-            repl = open_replication(site.dsn)
-            system = identify_system(repl)
-            fresh_slot = slot_state(conn, site.slot_name) is None
-            started_over = (not fresh_slot and site.snapshot == "initial"
-                            and initial_copy.start_over_if_needed(conn, site.id, site.slot_name))
-            fresh_slot = fresh_slot or started_over
-            if fresh_slot and site.snapshot == "initial":
-                # the rows the site holds at the slot's consistent point, read from its snapshot
-                initial_copy.plan(conn, site.slot_name, self._usable)
-                slot, exported = create_slot_exporting(repl, site.slot_name)
-                snap = initial_copy.open_snapshot(site.dsn, exported)
-            else:
-                slot = ensure_slot(repl, conn, site.slot_name)
-            if fresh_slot:
-                record_creation(conn, slot)
-            chunk_filter = hypertable_facts = None
-            if self._timescaledb:  # chunk changes -> their hypertable, compression dropped
-                chunks = ChunkCatalog(conn)
-                chunk_filter = tsf = TimescaleFilter(
-                    chunks, selected=lambda name: matches(name, site.tables, site.exclude),
-                    ranges=chunks.chunk_range)
-
-                def hypertable_facts(key: TableKey) -> None:  # a snapshot reads a hypertable
-                    tsf.remember(key.oid, chunks.hypertable(key.schema, key.table))
+            self._open_slot(s)
+            assert s.slot is not None and s.system is not None
+            chunk_filter, hypertable_facts = self._timescale_filter(conn)
             if site.snapshot == "initial":
-                snapshots = Snapshots(
-                    conn, slot.name, site.snapshot_chunk_rows, hypertable_facts,
+                s.snapshots = Snapshots(
+                    conn, s.slot.name, site.snapshot_chunk_rows, hypertable_facts,
                     selected=lambda name: matches(name, site.tables, site.exclude),
                     dsn=pinned_conninfo(site.dsn))
-                if self._joined and not fresh_slot:
-                    snapshots.request(self._joined, "joined the replicated set")
-            topic = kafka.site_topic(site.id)
-            ensure_topic(kafka, topic, kafka.topic_config)
-            last = last_published(kafka, topic)
-            log.info("topic tail", extra={
-                "site": site.id, "topic": topic, "server_wal": format_lsn(system.xlogpos),
-                "last_published_commit": format_lsn(last.commit_lsn) if last else None})
-            went_back = wal_went_back(last, system.system_id, system.timeline, system.xlogpos)
-            if went_back:
-                raise ReplicationError(f"site {site.id}: {went_back}")
-            identity = SiteIdentity(site.id, system.system_id, system.timeline, slot.name,
-                                    system.database)
-            if kafka.schema_registry_url:  # Confluent wire format: the registry holds schemas
-                framing: Framing = RegistryFraming(registry_client(kafka), topic)
-                publish_schema = None
-            else:  # self-contained: schemas in the compacted schema topic, acked before use
-                framing, publish_schema = SelfContained(), SchemaPublisher(kafka).publish
-            builder = EventBuilder(identity, type_lookup(conn),
-                                   key_lookup=primary_key_lookup(conn),
-                                   column_lookup=column_lookup(conn), framing=framing,
-                                   hypertable_of=chunk_filter.hypertable_of if chunk_filter
-                                   else None, start_lsn=slot.confirmed_flush_lsn,
-                                   slot_created=unused_since_creation(conn, slot),
-                                   unchanged_lookup=unchanged_lookup(conn))
-            progress = SourceProgress(slot.confirmed_flush_lsn)
-            producer = EventProducer(kafka, topic, progress, publish_schema)
-            if site.snapshot == "initial":
-                copy = initial_copy.InitialCopy(conn, slot.name, site.snapshot_chunk_rows,
-                                                slot.confirmed_flush_lsn, hypertable_facts)
-                if copy.pending():
-                    self.health.set_ready(False, "initial copy under way")
-                    if snap is None:  # resumed: the exported snapshot died with its session
-                        log.warning("initial copy resumed: the rest is read as the site is now; "
-                                    "the stream brings it back to each later state",
-                                    extra={"site": site.id, "slot": slot.name})
-                        snap = initial_copy.open_snapshot(site.dsn, None)
-                    if not copy.run(snap, builder, producer, progress, self.stop,
-                                    on_chunk=self.health.beat, started_over=started_over):
-                        log.info("stopped during the initial copy; it resumes at the next start",
-                                 extra={"site": site.id})
-                        return
-                    log.info("initial copy done", extra={"site": site.id, "slot": slot.name})
-            if snap is not None:
-                snap.close()
-                snap = None
-            stream = ReplicationStream(repl, slot.name, site.publication, slot.confirmed_flush_lsn)
-            log.info("streaming", extra={"site": site.id, "slot": slot.name, "topic": topic,
-                                         "from_lsn": format_lsn(slot.confirmed_flush_lsn),
-                                         "system_id": system.system_id})
-            self.health.set_ready(True)
-            self.metrics.streaming.labels(site.id).set(1)
-            try:
-                self._stream(stream, builder, producer, progress, conn, chunk_filter, snapshots)
-            finally:
-                self.health.set_ready(False, "not streaming (reconnecting or stopping)")
-                self.metrics.streaming.labels(site.id).set(0)
-            # stopped: let Kafka acknowledge what is in flight, then confirm it
-            producer.flush(30)
-            stream.send_status(progress.received_lsn, progress.confirmed_lsn)
-            stream.finish()
-            self.stats.confirmed_lsn = progress.confirmed_lsn
-            log.info("stopped", extra={"site": site.id,
-                                       "confirmed_lsn": format_lsn(progress.confirmed_lsn)})
+                if self._joined and not s.fresh_slot:
+                    s.snapshots.request(self._joined, "joined the replicated set")
+            topic = self._check_topic(s.system)
+            framing, publish_schema = self._framing(topic)
+            builder = EventBuilder(
+                SiteIdentity(site.id, s.system.system_id, s.system.timeline, s.slot.name,
+                             s.system.database),
+                type_lookup(conn), key_lookup=primary_key_lookup(conn),
+                column_lookup=column_lookup(conn), framing=framing,
+                hypertable_of=chunk_filter.hypertable_of if chunk_filter else None,
+                start_lsn=s.slot.confirmed_flush_lsn,
+                slot_created=unused_since_creation(conn, s.slot),
+                unchanged_lookup=unchanged_lookup(conn))
+            progress = SourceProgress(s.slot.confirmed_flush_lsn)
+            s.producer = EventProducer(self.config.kafka, topic, progress, publish_schema)
+            if site.snapshot == "initial" and not self._initial_copy(
+                    s, builder, progress, hypertable_facts):
+                log.info("stopped during the initial copy; it resumes at the next start",
+                         extra={"site": site.id})
+                return
+            s.close_snapshot()
+            self._stream_until_stopped(s, topic, builder, progress, chunk_filter)
         except DeliveryError:
             self.metrics.delivery_errors.labels(site.id).inc()
-            if producer is not None:
-                producer.abandon()
+            if s.producer is not None:
+                s.producer.abandon()
             raise
         finally:
-            if snapshots is not None:
-                snapshots.close()
-            conn.close()
-            if snap is not None:
-                snap.close()
-            if repl is not None:
-                repl.close()
+            s.close()
+
+    def _open_slot(self, s: _Session) -> None:
+        """The replication connection and the slot: created when missing, with the initial
+        copy planned first (a crash between the two resumes the copy, never forgets it)."""
+        site, conn = self.site, s.conn
+        s.repl = open_replication(site.dsn)
+        s.system = identify_system(s.repl)
+        fresh = slot_state(conn, site.slot_name) is None
+        s.started_over = (not fresh and site.snapshot == "initial"
+                          and initial_copy.start_over_if_needed(conn, site.id, site.slot_name))
+        s.fresh_slot = fresh or s.started_over
+        if s.fresh_slot and site.snapshot == "initial":
+            # the rows the site holds at the slot's consistent point, read from its snapshot
+            initial_copy.plan(conn, site.slot_name, self._usable)
+            s.slot, exported = create_slot_exporting(s.repl, site.slot_name)
+            s.snap = initial_copy.open_snapshot(site.dsn, exported)
+        else:
+            s.slot = ensure_slot(s.repl, conn, site.slot_name)
+        if s.fresh_slot:
+            record_creation(conn, s.slot)
+
+    def _timescale_filter(self, conn: psycopg.Connection
+                          ) -> tuple[TimescaleFilter | None, Callable[[TableKey], None] | None]:
+        """On a TimescaleDB site: the filter that maps chunk changes to their hypertable and
+        drops compression writes, and what a snapshot tells it of a hypertable it reads."""
+        if not self._timescaledb:
+            return None, None
+        site = self.site
+        chunks = ChunkCatalog(conn)
+        tsf = TimescaleFilter(chunks, ranges=chunks.chunk_range,
+                              selected=lambda name: matches(name, site.tables, site.exclude))
+
+        def hypertable_facts(key: TableKey) -> None:  # a snapshot reads a hypertable
+            tsf.remember(key.oid, chunks.hypertable(key.schema, key.table))
+        return tsf, hypertable_facts
+
+    def _check_topic(self, system: Any) -> str:
+        """The site topic, created when missing; refused when its last transaction is past
+        what the site's WAL holds (the site was restored from a backup)."""
+        site, kafka = self.site, self.config.kafka
+        topic = kafka.site_topic(site.id)
+        ensure_topic(kafka, topic, kafka.topic_config)
+        last = last_published(kafka, topic)
+        log.info("topic tail", extra={
+            "site": site.id, "topic": topic, "server_wal": format_lsn(system.xlogpos),
+            "last_published_commit": format_lsn(last.commit_lsn) if last else None})
+        went_back = wal_went_back(last, system.system_id, system.timeline, system.xlogpos)
+        if went_back:
+            raise ReplicationError(f"site {site.id}: {went_back}")
+        return topic
+
+    def _framing(self, topic: str) -> tuple[Framing, Callable[[Any], None] | None]:
+        """How records name their schema, and who publishes a new one (None: the registry)."""
+        kafka = self.config.kafka
+        if kafka.schema_registry_url:  # Confluent wire format: the registry holds schemas
+            return RegistryFraming(registry_client(kafka), topic), None
+        # self-contained: schemas in the compacted schema topic, acked before use
+        return SelfContained(), SchemaPublisher(kafka).publish
+
+    def _initial_copy(self, s: _Session, builder: EventBuilder, progress: SourceProgress,
+                      hypertable_facts: Callable[[TableKey], None] | None) -> bool:
+        """Finish the initial copy, if one is owed; False when stopped before its end."""
+        site, slot = self.site, s.slot
+        assert slot is not None and s.producer is not None
+        copy = initial_copy.InitialCopy(s.conn, slot.name, site.snapshot_chunk_rows,
+                                        slot.confirmed_flush_lsn, hypertable_facts)
+        if not copy.pending():
+            return True
+        self.health.set_ready(False, "initial copy under way")
+        if s.snap is None:  # resumed: the exported snapshot died with its session
+            log.warning("initial copy resumed: the rest is read as the site is now; "
+                        "the stream brings it back to each later state",
+                        extra={"site": site.id, "slot": slot.name})
+            s.snap = initial_copy.open_snapshot(site.dsn, None)
+        if not copy.run(s.snap, builder, s.producer, progress, self.stop,
+                        on_chunk=self.health.beat, started_over=s.started_over):
+            return False
+        log.info("initial copy done", extra={"site": site.id, "slot": slot.name})
+        return True
+
+    def _stream_until_stopped(self, s: _Session, topic: str, builder: EventBuilder,
+                              progress: SourceProgress,
+                              chunk_filter: TimescaleFilter | None) -> None:
+        """Stream from the slot's confirmed point until stopped; then let Kafka acknowledge
+        what is in flight and confirm it."""
+        site, slot, producer = self.site, s.slot, s.producer
+        assert slot is not None and s.repl is not None and s.system is not None
+        assert producer is not None
+        stream = ReplicationStream(s.repl, slot.name, site.publication, slot.confirmed_flush_lsn)
+        log.info("streaming", extra={"site": site.id, "slot": slot.name, "topic": topic,
+                                     "from_lsn": format_lsn(slot.confirmed_flush_lsn),
+                                     "system_id": s.system.system_id})
+        self.health.set_ready(True)
+        self.metrics.streaming.labels(site.id).set(1)
+        try:
+            self._stream(stream, builder, producer, progress, s.conn, chunk_filter, s.snapshots)
+        finally:
+            self.health.set_ready(False, "not streaming (reconnecting or stopping)")
+            self.metrics.streaming.labels(site.id).set(0)
+        producer.flush(30)
+        stream.send_status(progress.received_lsn, progress.confirmed_lsn)
+        stream.finish()
+        self.stats.confirmed_lsn = progress.confirmed_lsn
+        log.info("stopped", extra={"site": site.id,
+                                   "confirmed_lsn": format_lsn(progress.confirmed_lsn)})
 
     def _sweep_relations(self, conn: psycopg.Connection, builder: EventBuilder,
                          chunk_filter: TimescaleFilter | None, dropped: DroppedRelations,
@@ -324,19 +390,18 @@ class Source:
                 producer: EventProducer, progress: SourceProgress,
                 conn: psycopg.Connection, chunk_filter: TimescaleFilter | None = None,
                 snapshots: Snapshots | None = None) -> None:
-        interval = self.site.status_interval_s
-        refresh = self.site.table_refresh_s
-        last_refresh = last_sweep = time.monotonic()
+        now = time.monotonic()
+        status = Every(self.site.status_interval_s, 0.0)  # a status at once
+        observe, slot_check = Every(1.0, now), Every(5.0, now)
+        tables, sweep = Every(self.site.table_refresh_s, now), Every(RELATION_SWEEP_S, now)
+        progress_log = Every(PROGRESS_LOG_S, now)
+        heartbeat = Heartbeat(self.site.heartbeat_interval_s, now)
         dropped = DroppedRelations()
         stats = self.stats
         read, decode, handle = stream.read, decode_message, builder.handle
         produce, emit = producer.produce, producer.emit
         poll, check = producer.poll, producer.check
-        last_status = 0.0
-        last_log = last_observed = last_slot = last_beat = time.monotonic()
-        heartbeat_s = self.site.heartbeat_interval_s
-        last_commit_seen = last_beat  # monotonic: when the stream last carried a Commit
-        last_commit_ts = now_pg_us()  # the site's commit time of that Commit
+        last_commit_ts = now_pg_us()  # the site's commit time of the last Commit read
         reported = -1
         n = 0
         m, site_id = self.metrics, self.site.id
@@ -375,21 +440,21 @@ class Source:
                     progress.on_server_position(keepalive.wal_end, builder.in_transaction)
                     if keepalive.reply_requested:
                         stream.send_status(progress.received_lsn, progress.confirmed_lsn)
-                        last_status = time.monotonic()
+                        status.done(time.monotonic())
                         reported = progress.confirmed_lsn
             poll(0)
             check()
             now = time.monotonic()
             confirmed = progress.confirmed_lsn
-            if now - last_status >= interval or (confirmed != reported and now - last_status >= 1.0):
+            if status.due(now) or (confirmed != reported and status.since(now) >= 1.0):
                 stream.send_status(progress.received_lsn, confirmed)
-                last_status, reported = now, confirmed
+                status.done(now)
+                reported = confirmed
                 stats.messages, stats.records, stats.confirmed_lsn = n, progress.produced, confirmed
-            if now - last_observed >= 1.0:
-                last_observed = now
+            if observe.due(now):
                 self.health.beat()
                 if stats.transactions != counted_tx:
-                    last_commit_seen = now
+                    heartbeat.saw_transaction(now)
                 m.events.labels(site_id).inc(progress.produced - counted_records)
                 m.transactions.labels(site_id).inc(stats.transactions - counted_tx)
                 counted_records, counted_tx = progress.produced, stats.transactions
@@ -397,27 +462,21 @@ class Source:
                 m.kafka_queue.labels(site_id).set(producer.queued())
                 m.seconds_since_last_commit.labels(site_id).set(
                     max(0.0, (now_pg_us() - last_commit_ts) / 1e6))
-                if heartbeat_s and now - last_commit_seen >= heartbeat_s \
-                        and now - last_beat >= heartbeat_s:
-                    last_beat = now  # an idle site: an empty transaction keeps lag fresh
+                if heartbeat.due(now):  # an idle site: an empty transaction keeps lag fresh
                     conn.execute("SELECT pg_logical_emit_message(true, %s, %s)",
                                  (HEARTBEAT_PREFIX, site_id))
-                if now - last_slot >= 5.0:
-                    last_slot = now
+                if slot_check.due(now):
                     self._observe_slot(conn)
                     if not builder.in_transaction:  # the cloud's lag in bytes
                         for item in builder.position(self._server_lsn, time.time_ns() // 1000):
                             emit(item)
-            if now - last_refresh >= refresh:
-                last_refresh = now
+            if tables.due(now):
                 self._refresh_tables(conn, snapshots)
-            if now - last_sweep >= RELATION_SWEEP_S:
-                last_sweep = now
+            if sweep.due(now):
                 self._sweep_relations(conn, builder, chunk_filter, dropped, progress.received_lsn)
             if snapshots is not None:
                 snapshots.step()
-            if now - last_log >= PROGRESS_LOG_S:
-                last_log = now
+            if progress_log.due(now):
                 log.info("progress", extra={
                     "site": self.site.id, "messages": n, "transactions": stats.transactions,
                     "records": progress.produced, "unacked": progress.unacked,
