@@ -57,6 +57,19 @@ class SinkStats:
     last_commit_ts: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class _SinkSession:
+    """What one sink session holds; the next one starts again from the cloud's ledger."""
+
+    worker: ApplyWorker  # the cloud connection's one owner
+    group_watch: GroupWatch
+    consumer: Consumer
+    streams: dict[tuple[str, int], SiteStream] = field(default_factory=dict)  # by partition
+    big: tuple[str, int] | None = None  # partition whose big transaction is open
+    rewound: set[tuple[str, int]] = field(default_factory=set)  # read again from the cloud
+    group_checked: float = 0.0  # when the broker was last asked whether site topics wait
+
+
 class Sink:
     """Consumes every site topic and applies it to the cloud database until ``stop`` is set."""
 
@@ -69,7 +82,7 @@ class Sink:
         self.reader = RecordReader(config.kafka)
         self.metrics = sink_metrics()
         self.health = Health()
-        self.streams: dict[tuple[str, int], SiteStream] = {}
+        self.state: _SinkSession | None = None  # the session's, while one runs
 
     def refresh_metrics(self) -> None:
         """At scrape time: lag of each site = now - commit time of its last applied tx."""
@@ -80,11 +93,12 @@ class Sink:
     def _observe_consumer_lag(self) -> None:
         """Records on each partition after what the cloud has applied (one broker round trip
         per partition, every 15 s)."""
-        for (topic, partition), stream in list(self.streams.items()):
+        consumer = self.state.consumer
+        for (topic, partition), stream in list(self.state.streams.items()):
             try:
-                _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                              timeout=2)
-                position = self.consumer.position([TopicPartition(topic, partition)])[0].offset
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                         timeout=2)
+                position = consumer.position([TopicPartition(topic, partition)])[0].offset
             except KafkaException:
                 continue
             applied = stream.next_offset if stream.next_offset is not None else position
@@ -102,8 +116,7 @@ class Sink:
             conn = psycopg.connect(pinned_conninfo(cfg.dsn), autocommit=True)
         except psycopg.OperationalError as exc:
             raise ConnectionLost(f"cannot connect to the cloud database: {exc}".strip()) from exc
-        consumer = None
-        self.worker: ApplyWorker | None = None
+        self.state = None
         try:
             with conn.transaction():
                 ledger.ensure_schema(conn)
@@ -111,15 +124,8 @@ class Sink:
             applier = Applier(conn, CloudTables(
                 cfg.site_column, cfg.tables, cfg.create_tables, cfg.dsn), frozenset(
                 name for name, mode in cfg.table_modes.items() if mode == "append"))
-            # from here on the cloud connection is the worker's alone (sinks.worker)
-            self.worker = ApplyWorker(conn, applier, self._apply_batch)
-            self.streams: dict[tuple[str, int], SiteStream] = {}
-            self.big: tuple[str, int] | None = None  # partition whose big transaction is open
-            self._rewound: set[tuple[str, int]] = set()  # read again from the cloud's offset
             if cfg.dead_letter_topic:
                 dead_letters.ensure(self.kafka, cfg.dead_letter_topic)
-            self.group_watch = GroupWatch(time.monotonic(), cfg.group_stuck_after_s)
-            self._group_checked = 0.0
             consumer = Consumer(client_config(self.kafka, **{
                 "group.id": cfg.group_id, "enable.auto.commit": False,
                 "auto.offset.reset": "earliest", "enable.partition.eof": False,
@@ -131,12 +137,15 @@ class Sink:
                 "partition.assignment.strategy": "roundrobin,range",
                 "statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": self._on_stats,
                 "error_cb": kafka_error_logger(log)}))
-            self.consumer = consumer
+            # from here on the cloud connection is the worker's alone (sinks.worker)
+            self.state = _SinkSession(ApplyWorker(conn, applier, self._apply_batch),
+                                      GroupWatch(time.monotonic(), cfg.group_stuck_after_s),
+                                      consumer)
             consumer.subscribe([self.kafka.site_topic_pattern], on_assign=self._on_assign,
                                on_revoke=self._on_revoke, on_lost=self._on_lost)
             log.info("consuming", extra={"pattern": self.kafka.site_topic_pattern,
                                          "group": cfg.group_id})
-            self.worker.start()
+            self.state.worker.start()
             self.health.set_ready(True)
             self.metrics.consuming.set(1)
             self._loop()
@@ -145,28 +154,27 @@ class Sink:
         finally:
             self.health.set_ready(False, "not consuming (reconnecting or stopping)")
             self.metrics.consuming.set(0)
-            if self.worker is not None:
-                self.worker.close()
-            if consumer is not None:
+            if self.state is not None:
+                self.state.worker.close()
                 try:
-                    consumer.close()
+                    self.state.consumer.close()
                 except (KafkaException, RuntimeError):
                     pass
             conn.close()
 
     # -- assignment ----------------------------------------------------------------------------
     def _on_stats(self, stats_json: str) -> None:
-        self.group_watch.observe(GroupState.from_stats(stats_json), time.monotonic())
+        self.state.group_watch.observe(GroupState.from_stats(stats_json), time.monotonic())
 
     def _check_group(self, now: float) -> None:
         """Replace a consumer that has been outside its group too long while site topics wait
         (see :mod:`sinks.group_watch`); one metadata request, at most every 15 s, and only then."""
-        watch = self.group_watch
-        if not watch.overdue(now) or now - self._group_checked < watch.stuck_after_s / 4:
+        watch = self.state.group_watch
+        if not watch.overdue(now) or now - self.state.group_checked < watch.stuck_after_s / 4:
             return
-        self._group_checked = now
+        self.state.group_checked = now
         try:
-            topics = self.consumer.list_topics(timeout=5).topics
+            topics = self.state.consumer.list_topics(timeout=5).topics
         except KafkaException:
             return  # the broker is away: librdkafka reconnects by itself; asked again later
         waiting = sorted(t for t in topics if self.kafka.site_of_topic(t) is not None)
@@ -194,14 +202,14 @@ class Sink:
             conn.commit()
             return progress
 
-        offsets, sites, earlier, replays = self.worker.call(load)
+        offsets, sites, earlier, replays = self.state.worker.call(load)
         for tp in partitions:
             site = self.kafka.site_of_topic(tp.topic)
             tp.offset = offsets.get((tp.topic, tp.partition), OFFSET_BEGINNING)
             if site is not None:
                 stream = SiteStream(site, sites.get(site), replays.get(site), earlier.get(site))
                 stream.resume_at(tp.offset)
-                self.streams[(tp.topic, tp.partition)] = stream
+                self.state.streams[(tp.topic, tp.partition)] = stream
                 if site in replays:
                     log.info("replay: applying again up to a commit LSN", extra={
                         "site": site, "until_lsn": format_lsn(replays[site][0]),
@@ -224,12 +232,12 @@ class Sink:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition],
                    lost: bool = False) -> None:
         failpoint("sink.on_revoke")
-        if self.big is None and not lost:
+        if self.state.big is None and not lost:
             self._flush()  # keep the whole transactions already read; the rest is read again
         self._drain()
         self._rollback()
         for tp in partitions:
-            self.streams.pop((tp.topic, tp.partition), None)
+            self.state.streams.pop((tp.topic, tp.partition), None)
         log.info("partitions lost" if lost else "partitions revoked",
                  extra={"topics": sorted({tp.topic for tp in partitions})})
         try:
@@ -239,19 +247,19 @@ class Sink:
 
     def _forget_uncommitted(self) -> None:
         """Roll the cloud transaction back; the applier forgets what it prepared in it."""
-        if self.worker is not None:
-            self.worker.call(forget_uncommitted)
+        if self.state is not None:
+            self.state.worker.call(forget_uncommitted)
 
     def _rollback(self) -> None:
         """Forget everything not committed; the stored offsets are where we resume."""
         self._forget_uncommitted()
-        self.streams.clear()
-        self.big = None
+        self.state.streams.clear()
+        self.state.big = None
 
     # -- records -------------------------------------------------------------------------------
     def _ingest(self, msg: Any) -> None:
         key = (msg.topic(), msg.partition())
-        stream = self.streams.get(key)
+        stream = self.state.streams.get(key)
         if stream is None:
             return  # not ours (anymore)
         offset = msg.offset()
@@ -284,7 +292,7 @@ class Sink:
                           extra={"site": stream.site_id, "offset": offset,
                                  "commit_lsn": format_lsn(rec["commit_lsn"]),
                                  "after_lsn": format_lsn(rec["prev_end_lsn"])})
-                if self.big == key:  # its first part is in the open cloud transaction
+                if self.state.big == key:  # its first part is in the open cloud transaction
                     self._drain()
                     self._drain_connection_of_big()
         elif kind == "position":  # the site's WAL position: lag in bytes
@@ -298,7 +306,7 @@ class Sink:
                 if offset >= stream.careful_until:
                     stream.careful_until = None
                 self._flush([key])  # alone: if it fails, the failing transaction is known
-            if stream.open is None and self.big == key:
+            if stream.open is None and self.state.big == key:
                 self._finish_big(key, stream)
         else:
             stream.other(offset)
@@ -306,7 +314,7 @@ class Sink:
     # -- applying ------------------------------------------------------------------------------
     def _loop(self) -> None:
         cfg = self.cfg
-        consumer = self.consumer
+        consumer = self.state.consumer
         batch_started = last_log = last_lag = time.monotonic()
         beat = self.health.beat
         while not self.stop.is_set():
@@ -314,9 +322,9 @@ class Sink:
             msgs = consumer.consume(num_messages=CONSUME_BATCH, timeout=0.05)
             if not msgs:
                 self._check_group(time.monotonic())
-            self._rewound.clear()
+            self.state.rewound.clear()
             for msg in msgs:
-                if self._rewound and (msg.topic(), msg.partition()) in self._rewound:
+                if self.state.rewound and (msg.topic(), msg.partition()) in self.state.rewound:
                     continue  # read before the rewind: it comes again
                 err = msg.error()
                 if err is not None:
@@ -327,7 +335,7 @@ class Sink:
                     self._ingest(msg)
                 except Exception as exc:  # unreadable or refused: that record's site stops
                     key = (msg.topic(), msg.partition())
-                    stream = self.streams.get(key)
+                    stream = self.state.streams.get(key)
                     if stream is None or classify(exc, reading_record=True) is not Family.SITE:
                         raise
                     where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
@@ -340,22 +348,22 @@ class Sink:
                                           f"({type(exc).__name__}: {exc})")
                     self._stop_site(key, exc)
             self._collect()
-            if self.big is not None:
-                stream = self.streams.get(self.big)
+            if self.state.big is not None:
+                stream = self.state.streams.get(self.state.big)
                 if stream is not None and stream.open is not None and \
                         len(stream.open.changes) >= cfg.batch_max_changes:
                     self._apply_part(stream)
                 continue
-            pending = sum(s.pending for s in self.streams.values())
+            pending = sum(s.pending for s in self.state.streams.values())
             now = time.monotonic()
             # apply when the batch is full, when it has waited batch_max_ms, or as soon as the
             # topics are drained (fewer records than asked for) and the worker is idle: a light
             # load is applied at once; a backlog, or a busy worker, still makes big batches
-            drained = len(msgs) < CONSUME_BATCH and self.worker.idle() and any(
-                s.done_tx is not None for s in self.streams.values())
+            drained = len(msgs) < CONSUME_BATCH and self.state.worker.idle() and any(
+                s.done_tx is not None for s in self.state.streams.values())
             if pending >= cfg.batch_max_changes or now - batch_started >= cfg.batch_max_ms / 1000 \
                     or drained:
-                big = next((k for k, s in self.streams.items()
+                big = next((k for k, s in self.state.streams.items()
                             if s.open is not None and len(s.open.changes) >= cfg.batch_max_changes),
                            None)
                 self._flush()
@@ -372,16 +380,16 @@ class Sink:
     def _log_progress(self) -> None:
         stats = self.stats
         sites = {s.site_id: format_lsn(s.applied.commit_lsn) if s.applied else None
-                 for s in self.streams.values()}
+                 for s in self.state.streams.values()}
         log.info("progress", extra={"transactions": stats.transactions, "changes": stats.changes,
                                     "batches": stats.batches, "applied_commit_lsn": sites,
-                                    "skipped": sum(s.skipped for s in self.streams.values())})
+                                    "skipped": sum(s.skipped for s in self.state.streams.values())})
 
     def _flush(self, keys: list[tuple[str, int]] | None = None) -> None:
         """Hand every complete transaction of every site (of ``keys`` only, when given) to the
         worker: one cloud transaction."""
         batch = []
-        for (topic, partition), stream in self.streams.items():
+        for (topic, partition), stream in self.state.streams.items():
             if stream.done_tx is None and stream.next_offset is None:
                 continue
             if keys is not None and (topic, partition) not in keys:
@@ -397,7 +405,7 @@ class Sink:
                                earlier=dict(stream.earlier), first_offset=first, txs=txs,
                                tables=tables))
         if batch:
-            self.worker.submit(batch)
+            self.state.worker.submit(batch)
         self._collect()
 
     def _apply_batch(self, batch: list[Part], conn: psycopg.Connection,
@@ -448,7 +456,7 @@ class Sink:
         stats = self.stats
         while True:
             try:
-                batch = self.worker.finished.get_nowait()
+                batch = self.state.worker.finished.get_nowait()
             except queue.Empty:
                 break
             m = self.metrics
@@ -472,22 +480,22 @@ class Sink:
                     m.end_to_end_seconds.observe(max(0.0, part.committed_at - ts / 1e6))
                 stats.changes += part.changes
             stats.batches += 1
-        self.worker.check()
-        if self.worker.failed is None:
+        self.state.worker.check()
+        if self.state.worker.failed is None:
             return False
-        self.worker.drain()  # every queued batch is held now
-        failed, held = self.worker.failed, self.worker.held
-        self.worker.failed, self.worker.held = None, []
+        self.state.worker.drain()  # every queued batch is held now
+        failed, held = self.state.worker.failed, self.state.worker.held
+        self.state.worker.failed, self.state.worker.held = None, []
         jobs = self._part_failed(failed.part, failed.cause, [failed.batch, *held])
         for job in jobs:
             if job:
-                self.worker.submit(job)
+                self.state.worker.submit(job)
         return True
 
     def _stop_site(self, key: tuple[str, int], cause: BaseException) -> None:
         """Stop one site's stream: nothing of it after the failed change is applied or skipped
         (its offset stays where the cloud is), the other sites go on. Cleared by a restart."""
-        stream = self.streams.pop(key, None)
+        stream = self.state.streams.pop(key, None)
         site = stream.site_id if stream else key[0]
         self.metrics.site_stopped.labels(site).set(1)
         try:
@@ -500,10 +508,10 @@ class Sink:
             "site": site, "topic": key[0], "partition": key[1],
             "error_type": type(cause).__name__})
         try:
-            self.consumer.pause([TopicPartition(key[0], key[1])])
+            self.state.consumer.pause([TopicPartition(key[0], key[1])])
         except KafkaException:
             pass
-        if self.big == key:
+        if self.state.big == key:
             self._drain_connection_of_big()
 
     # -- dead letters ------------------------------------------------------------------------
@@ -513,7 +521,7 @@ class Sink:
         with dead letters on, send the failing transaction there. Returns the batches to
         submit again, in order (without what cannot apply now)."""
         key = (part.topic, part.partition)
-        stream = self.streams.get(key)
+        stream = self.state.streams.get(key)
         mine = [p for job in jobs for p in job if (p.topic, p.partition) == key]
         drop: list[Part] = mine  # the site's parts not to submit again
         if not self.cfg.dead_letter_topic:
@@ -546,7 +554,7 @@ class Sink:
         log.error("site transaction cannot be applied; it goes to the dead letters whole",
                   extra={"site": stream.site_id, "xid": stream.open.xid if stream.open else None,
                          "reason": reason})
-        if self.big == key:
+        if self.state.big == key:
             self._drain()
             self._drain_connection_of_big()
 
@@ -556,7 +564,7 @@ class Sink:
         self._flush()
         self._drain()
         dead = stream.dead
-        if dead is None or self.streams.get(key) is not stream:
+        if dead is None or self.state.streams.get(key) is not stream:
             return  # the site stopped or was read again meanwhile
         self._dead_letter(key, stream, dead, stream.cloud_offset, dead.last_offset + 1)
         stream.buried(dead)
@@ -592,7 +600,7 @@ class Sink:
                 forget_uncommitted(conn, applier)
                 raise
 
-        self.worker.call(move_past)
+        self.state.worker.call(move_past)
         self.metrics.dead_letters.labels(stream.site_id).inc()
         log.error(f"site {stream.site_id}: transaction sent to dead-letter topic {dlt}: "
                   f"{dead.reason}", extra={
@@ -610,24 +618,24 @@ class Sink:
             conn.rollback()
             return progress
 
-        sites, earlier, replays = self.worker.call(load)
+        sites, earlier, replays = self.state.worker.call(load)
         site = stream.site_id
         again = SiteStream(site, sites.get(site), replays.get(site), earlier.get(site))
         again.resume_at(offset)
         again.careful_until = stream.read_offset
         again.site_lsn = stream.site_lsn
-        self.streams[key] = again
-        self._rewound.add(key)
+        self.state.streams[key] = again
+        self.state.rewound.add(key)
         log.warning("a batch of the site failed; reading it again one transaction at a time",
                     extra={"site": site, "from_offset": offset, "until_offset": stream.read_offset})
-        self.consumer.seek(TopicPartition(key[0], key[1],
+        self.state.consumer.seek(TopicPartition(key[0], key[1],
                                           offset if offset >= 0 else OFFSET_BEGINNING))
 
     def _drain(self) -> None:
         """Wait until every batch handed to the worker is committed (or failed)."""
-        if self.worker is not None:
+        if self.state is not None:
             while True:
-                self.worker.drain()
+                self.state.worker.drain()
                 if not self._collect():
                     return
 
@@ -639,34 +647,34 @@ class Sink:
     def _start_big(self, key: tuple[str, int]) -> None:
         """A transaction too big to hold: apply it in parts, the other partitions paused."""
         self._drain()
-        self.big = key
-        others = [TopicPartition(t, p) for (t, p) in self.streams if (t, p) != key]
+        self.state.big = key
+        others = [TopicPartition(t, p) for (t, p) in self.state.streams if (t, p) != key]
         if others:
-            self.consumer.pause(others)
+            self.state.consumer.pause(others)
         log.info("applying a large transaction in parts",
-                 extra={"site": self.streams[key].site_id})
-        self._apply_part(self.streams[key])
+                 extra={"site": self.state.streams[key].site_id})
+        self._apply_part(self.state.streams[key])
 
     def _apply_part(self, stream: SiteStream) -> None:
         """Hand the worker the next part of a large transaction (it keeps the transaction open)."""
         changes = stream.take_open()
         failpoint("sink.apply_part")
         if changes:
-            topic, partition = next(k for k, s in self.streams.items() if s is stream)
-            self.worker.submit([Part(topic, partition, stream, plan(changes), len(changes),
+            topic, partition = next(k for k, s in self.state.streams.items() if s is stream)
+            self.state.worker.submit([Part(topic, partition, stream, plan(changes), len(changes),
                                       None, None, final=False,
                                       ops=Counter(c.op for c in changes),
                                       expected=stream.cloud_offset)])
         self._collect()
 
     def _finish_big(self, key: tuple[str, int], stream: SiteStream) -> None:
-        self.big = None
+        self.state.big = None
         self._flush()
         self._resume_others()
 
     def _resume_others(self) -> None:
-        self.big = None
-        others = [TopicPartition(t, p) for (t, p) in self.streams]
+        self.state.big = None
+        others = [TopicPartition(t, p) for (t, p) in self.state.streams]
         if others:
-            self.consumer.resume(others)
+            self.state.consumer.resume(others)
 

@@ -153,6 +153,8 @@ class ApplyWorker(threading.Thread):
         self.check()
 
     def close(self) -> None:
+        if self.ident is None:
+            return  # never started (the session failed before it streamed)
         try:
             self._jobs.put(None, timeout=30)
         except queue.Full:

@@ -19,7 +19,8 @@ import psycopg
 from cdc.core import ledger
 from cdc.core.config import load_config
 from devenv.pipeline import cloud_config
-from sinks.sink import Sink
+from sinks.group_watch import GroupWatch
+from sinks.sink import Sink, _SinkSession
 from sinks.worker import ApplyWorker
 
 
@@ -47,9 +48,6 @@ def test_a_partition_paused_before_a_rebalance_is_consumed_after_it(
     with conn.transaction():
         ledger.ensure_schema(conn)
     no_applier: Any = type("NoApplier", (), {"forget": lambda self: None})()
-    sink.big, sink.streams = None, {}
-    sink.worker = ApplyWorker(conn, no_applier, sink._apply_batch)  # idle: nothing is applied
-    sink.worker.start()
     assigned: list[int] = []
 
     def on_assign(consumer: Any, partitions: list[Any]) -> None:
@@ -59,7 +57,10 @@ def test_a_partition_paused_before_a_rebalance_is_consumed_after_it(
     consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap_servers,
                          "group.id": config.need_sink().group_id, "enable.auto.commit": False,
                          "topic.metadata.refresh.interval.ms": 1000})
-    sink.consumer = consumer
+    sink.state = _SinkSession(  # idle: the test reads, nothing is applied
+        ApplyWorker(conn, no_applier, sink._apply_batch), GroupWatch(time.monotonic(), 60),
+        consumer)
+    sink.state.worker.start()
     consumer.subscribe([config.kafka.site_topic_pattern], on_assign=on_assign,
                        on_revoke=sink._on_revoke)
 
@@ -86,5 +87,5 @@ def test_a_partition_paused_before_a_rebalance_is_consumed_after_it(
         assert read("b", 15) != [], "site b's partition stayed paused after the rebalance"
     finally:
         consumer.close()
-        sink.worker.close()
+        sink.state.worker.close()
         conn.close()

@@ -61,3 +61,9 @@ def test_once_the_worker_has_ended_the_caller_runs_the_call_itself() -> None:
     worker.close()
     worker.call(lambda c, a: c.note("call"))  # the session is closing: nobody else is left
     assert conn.events == [("call", threading.current_thread().name)]
+
+
+def test_a_worker_never_started_closes_quietly() -> None:
+    """A session that fails before it streams (Kafka away when the dead-letter topic is made)
+    closes what it built; closing an unstarted worker must not raise over that failure."""
+    ApplyWorker(Recorder(), None, lambda b, c, a: None).close()  # type: ignore[arg-type]
