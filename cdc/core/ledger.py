@@ -136,15 +136,6 @@ def ensure_schema(conn: Connection) -> None:
         conn.execute(stmt)
 
 
-def exists_query() -> sql.Composable:
-    """True once the sink created the bookkeeping tables (``cdc status`` before any sink)."""
-    return sql.SQL("SELECT to_regclass({}) IS NOT NULL").format(sql.Literal(f"{SCHEMA}.sites"))
-
-
-def exists(conn: Connection) -> bool:
-    return bool(conn.execute(exists_query()).fetchone()[0])
-
-
 # -- offsets ------------------------------------------------------------------------------------
 
 def load_offsets(conn: Connection, group_id: str) -> dict[tuple[str, int], int]:
