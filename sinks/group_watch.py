@@ -77,4 +77,5 @@ class GroupWatch:
     def describe(self) -> str:
         s = self.last
         return "no statistics yet" if s is None else \
-            f"coordinator state {s.state!r}, join state {s.join_state!r}"
+            f"coordinator state {s.state!r}, join state {s.join_state!r}, " \
+            f"{s.assignment_size} partition(s) assigned"

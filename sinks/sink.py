@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from cdc.core import ledger
 from cdc.core.config import Config
@@ -173,10 +174,17 @@ class Sink:
         if not watch.overdue(now) or now - self.state.group_checked < watch.stuck_after_s / 4:
             return
         self.state.group_checked = now
+        # a client of its own: the consumer's connections may be what is stuck
+        admin = AdminClient(client_config(self.kafka))
         try:
-            topics = self.state.consumer.list_topics(timeout=5).topics
-        except KafkaException:
-            return  # the broker is away: librdkafka reconnects by itself; asked again later
+            topics = admin.list_topics(timeout=5).topics
+        except KafkaException as exc:
+            log.warning("the Kafka consumer is outside its group and the broker does not answer; "
+                        "asked again later", extra={"group": self.cfg.group_id,
+                                                    "out_for_s": round(watch.out_for(now)),
+                                                    "state": watch.describe(),
+                                                    "error": str(exc)})
+            return  # the broker is away: librdkafka reconnects by itself
         waiting = sorted(t for t in topics if self.kafka.site_of_topic(t) is not None)
         if waiting:
             raise GroupStuck(
@@ -383,7 +391,8 @@ class Sink:
                  for s in self.state.streams.values()}
         log.info("progress", extra={"transactions": stats.transactions, "changes": stats.changes,
                                     "batches": stats.batches, "applied_commit_lsn": sites,
-                                    "skipped": sum(s.skipped for s in self.state.streams.values())})
+                                    "skipped": sum(s.skipped for s in self.state.streams.values()),
+                                    "group": self.state.group_watch.describe()})
 
     def _flush(self, keys: list[tuple[str, int]] | None = None) -> None:
         """Hand every complete transaction of every site (of ``keys`` only, when given) to the
