@@ -80,8 +80,7 @@ _RECORD = (ValueError, EOFError, IndexError, KeyError, TypeError, OverflowError,
 #: the drivers' "server away" errors, by (module, class) so this module imports neither driver:
 #: psycopg's OperationalError (connection lost, server shutting down) and confluent-kafka's
 #: KafkaException (a broker call failed); tests/unit/test_errors.py holds them to the real classes
-_DRIVER_TRANSIENT = {("psycopg", "OperationalError"), ("cimpl", "KafkaException"),
-                     ("confluent_kafka.cimpl", "KafkaException")}
+_DRIVER_TRANSIENT = {("psycopg", "OperationalError"), ("cimpl", "KafkaException")}
 
 
 def classify(exc: BaseException, reading_record: bool = False) -> Family:

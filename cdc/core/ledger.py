@@ -362,11 +362,6 @@ def stopped_sites(conn: Connection) -> dict[str, str]:
 
 # -- dead letters -------------------------------------------------------------------------------
 
-DEAD_LETTER_COLUMNS = ("site_id", "topic", "kafka_partition", "first_offset", "last_offset",
-                       "commit_lsn", "xid", "tables", "reason", "dead_letter_topic",
-                       "dlt_first_offset", "dlt_last_offset", "state")
-
-
 def record_dead_letter(conn: Connection, site_id: str, topic: str, partition: int,
                        first_offset: int, last_offset: int, commit_lsn: int, xid: int,
                        tables: Sequence[str], reason: str, dead_letter_topic: str,
@@ -387,8 +382,9 @@ def record_dead_letter(conn: Connection, site_id: str, topic: str, partition: in
 
 
 def pending_dead_letters(conn: Connection, sites: list[str]) -> list[tuple[Any, ...]]:
-    """Rows (:data:`DEAD_LETTER_COLUMNS`) of the pending dead letters of these sites (all sites
-    when empty), oldest first; the commit LSN as text."""
+    """The pending dead letters of these sites (all sites when empty), oldest first, as rows
+    in the order of the SELECT below (``sinks.dead_letters.DeadLetter``'s fields); the commit
+    LSN as text."""
     return conn.execute(sql.SQL(
         "SELECT site_id, topic, kafka_partition, first_offset, last_offset, commit_lsn::text, xid,"
         " tables, reason, dead_letter_topic, dlt_first_offset, dlt_last_offset, state FROM {}"

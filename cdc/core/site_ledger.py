@@ -63,13 +63,6 @@ def plan_initial(conn: Connection, slot: str, tables: Sequence[tuple[str, str]])
             (slot, schema, table, position))
 
 
-def initial_owed(conn: Connection, slot: str) -> list[tuple[str, str]]:
-    """Tables of the initial copy not done yet (any order)."""
-    return conn.execute(sql.SQL(
-        "SELECT table_schema, table_name FROM {} WHERE slot = %s AND mode = 'initial' AND"
-        " state IN ('pending', 'running')").format(PROGRESS), (slot,)).fetchall()
-
-
 def initial_pending(conn: Connection, slot: str) -> list[Pending]:
     """Tables of the initial copy not done yet, in copy order, with where each stands."""
     rows = conn.execute(sql.SQL(

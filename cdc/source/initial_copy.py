@@ -90,9 +90,8 @@ def start_over_if_needed(conn: psycopg.Connection, site_id: str, slot: str) -> b
     copied (see the module docstring); True when it did: the copy starts over. Nothing streamed
     from that slot yet, so nothing is lost with it."""
     ensure_progress_table(conn)
-    rows = site_ledger.initial_owed(conn, slot)
     keyless = []
-    for schema, table in rows:
+    for schema, table, _, _ in site_ledger.initial_pending(conn, slot):
         try:
             if describe_table(conn, schema, table).keyless:
                 keyless.append(f"{schema}.{table}")
