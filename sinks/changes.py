@@ -14,7 +14,7 @@ from typing import Any, Callable
 from cdc.core.wire.avro import Codec
 from cdc.core.errors import SchemaError
 from cdc.core.types.catalog import TypeDef
-from cdc.core.types.values import KIND_UUID, kind_of_avro_type, text_converter
+from cdc.core.types.mapping import KIND_UUID, kind_of_avro_type, text_converter
 
 
 @dataclass(frozen=True, slots=True)

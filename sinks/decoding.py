@@ -1,7 +1,7 @@
 """Change envelopes from Avro bytes, fast: the sink's hot path.
 
 fastavro's reader spends ~11 µs on one envelope, half of the sink's time. Envelopes whose row
-columns all have the Avro types the source writes (:func:`cdc.core.types.values.avro_type`) are read here by
+columns all have the Avro types the source writes (:func:`cdc.core.types.mapping.avro_type`) are read here by
 a decoder built once per table version; any other writer schema is read by fastavro. Logical
 values (decimals, dates, times, timestamps, bytes) become the PostgreSQL text the cloud's COPY
 reads, on either path. Both give the same :class:`~sinks.changes.Change` (a property test checks
@@ -22,7 +22,7 @@ from fastavro import parse_schema, schemaless_reader
 
 from cdc.core.wire.avro import OPS, Codec, without_logical_types
 from cdc.core.errors import SchemaError
-from cdc.core.types.values import decimal_params, has_special, kind_of_avro_type, text_converter
+from cdc.core.types.mapping import decimal_params, has_special, kind_of_avro_type, text_converter
 from sinks.changes import Change, TableVersion
 
 _STRING, _LONG, _DOUBLE, _FLOAT, _BOOL, _BYTES = 1, 2, 3, 4, 5, 6

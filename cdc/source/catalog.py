@@ -20,7 +20,7 @@ from cdc.core.lsn import parse_lsn
 from cdc.source.timescale import (INTERNAL_SCHEMAS, ChunkRange, Hypertable,
                            chunk_hypertable_id)
 from cdc.core.types.catalog import TypeRow, describe
-from cdc.core.types.values import ColumnType, TypeLookup
+from cdc.core.types.mapping import ColumnType, TypeLookup
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from cdc.source.pgoutput import (Begin, Commit, Delete, Insert, Message, Relatio
 from cdc.runtime.registry import Framing, SelfContained
 from cdc.source.relations import ColumnLookup, KeyLookup, RelationCache
 from cdc.source.timescale import ChunkRange, ChunkTruncate, Hypertable
-from cdc.core.types.values import (KIND_DATE, KIND_INT, KIND_LONG, KIND_TIMESTAMP, KIND_TIMESTAMPTZ,
+from cdc.core.types.mapping import (KIND_DATE, KIND_INT, KIND_LONG, KIND_TIMESTAMP, KIND_TIMESTAMPTZ,
                         TypeLookup)
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from cdc.core.errors import SchemaError
 from cdc.core.wire.model import ColumnInfo, TableInfo, avro_field_name
 from cdc.source.pgoutput import Relation
 from cdc.source.timescale import Hypertable
-from cdc.core.types.values import TypeLookup, column_type
+from cdc.core.types.mapping import TypeLookup, column_type
 
 KeyLookup = Callable[[int], "tuple[str, ...] | None"]
 """Relation OID -> its primary key column names from the site catalog, or None."""

@@ -20,7 +20,7 @@ from cdc.source.pgoutput import (
     decode_message, pg_us_to_unix_us,
 )
 from cdc.core.types.temporal import (DAY_US, date_text, days_from_civil, time_text, timestamp_text)
-from cdc.core.types.values import converter, decimal_text, value_kind
+from cdc.core.types.mapping import converter, decimal_text, value_kind
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SITE = SiteIdentity("plant-1", "7300000000000000001", 1, "tributary_plant_1", "factory")

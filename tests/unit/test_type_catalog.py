@@ -6,7 +6,7 @@ import pytest
 
 from cdc.core.errors import TypeMappingError
 from cdc.core.types.catalog import TypeDef, TypeRow, describe
-from cdc.core.types.values import column_type
+from cdc.core.types.mapping import column_type
 
 NUMERIC_10_2 = (10 << 16 | 2) + 4
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from cdc.core.errors import TypeMappingError
 from cdc.core.types.temporal import (DAY_US, _timestamp_micros_any, days_from_civil, timestamp_micros,
                           timestamp_text)
-from cdc.core.types.values import (CONVERTERS, avro_type, builtin_type_sql, column_type, converter,
+from cdc.core.types.mapping import (CONVERTERS, avro_type, builtin_type_sql, column_type, converter,
                         decimal_unscaled, float4, kind_of_avro_type, text_converter, value_kind)
 
 

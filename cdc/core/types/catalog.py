@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from cdc.core.errors import TypeMappingError
-from cdc.core.types.values import KIND_STRING, ColumnType, builtin_type_sql, value_kind
+from cdc.core.types.mapping import KIND_STRING, ColumnType, builtin_type_sql, value_kind
 
 _PLAIN_IDENT = re.compile(r"[a-z_][a-z0-9_$]*\Z")
 _MAX_DEPTH = 16

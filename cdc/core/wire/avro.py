@@ -28,7 +28,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from cdc.core.errors import SchemaError
 from cdc.core.wire.model import TableInfo
-from cdc.core.types.values import avro_type
+from cdc.core.types.mapping import avro_type
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 _FP = struct.Struct("<Q")

@@ -54,7 +54,7 @@ class ColumnInfo:
     name: str
     field: str  # Avro field name
     sql_type: str  # exact PostgreSQL type, e.g. "numeric(10,2)"
-    kind: str  # Avro kind, see cdc.core.types.values
+    kind: str  # Avro kind, see cdc.core.types.mapping
     is_key: bool
     type_oid: int
     type_modifier: int

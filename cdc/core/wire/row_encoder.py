@@ -17,7 +17,7 @@ from typing import Callable
 
 from cdc.core.errors import DecodeError
 from cdc.core.wire.model import UNCHANGED_TOAST
-from cdc.core.types.values import (KIND_BOOLEAN, KIND_BYTES, KIND_DATE, KIND_DOUBLE, KIND_FLOAT, KIND_INT,
+from cdc.core.types.mapping import (KIND_BOOLEAN, KIND_BYTES, KIND_DATE, KIND_DOUBLE, KIND_FLOAT, KIND_INT,
                         KIND_LONG, KIND_STRING, KIND_TIME, KIND_TIMESTAMP, KIND_TIMESTAMPTZ,
                         KIND_UUID, beyond_timestamp_micros, bytea_value, converter, date_days, decimal_bytes, decimal_params,
                         decimal_unscaled, float4, has_special, time_micros, timestamp_micros)
