@@ -132,11 +132,11 @@ class Applier:
 
     def _copy_rows(self, statement: sql.Composed, columns: list[ColumnDef], site_id: str,
                    rows: Any) -> None:
-        shape = tuple((c.field, c.avro_type) for c in columns)
+        shape = tuple((c.field, c.kind) for c in columns)
         fmt = self._formatters.get(shape)
         if fmt is None:
             fmt = self._formatters[shape] = copy_text.formatter(
-                [c.field for c in columns], [c.avro_type for c in columns])
+                [c.field for c in columns], [c.kind for c in columns])
         with self.conn.cursor() as cur:
             with cur.copy(statement) as copy:
                 batch: list[dict[str, Any]] = []

@@ -14,7 +14,8 @@ from typing import Any, Callable
 from cdc.core.wire.avro import Codec
 from cdc.core.errors import SchemaError
 from cdc.core.types.catalog import TypeDef
-from cdc.core.types.mapping import KIND_UUID, kind_of_avro_type, text_converter
+from cdc.core.types.kind import Kind
+from cdc.core.types.mapping import kind_of_avro_type
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,22 +24,17 @@ class ColumnDef:
     name: str  # PostgreSQL column name
     sql_type: str
     is_key: bool
-    avro_type: str = "other"  # the value's Avro type when primitive (string, long, ...)
+    kind: Kind | None = None  # how its values travel; None: a writer schema not ours
     defs: tuple[TypeDef, ...] = ()  # user-defined types the cloud needs for this column
     extension: str | None = None  # the site extension the column's type comes from
     attnum: int | None = None  # the column's number at the site (a rename keeps it)
     missing: str | None = None  # what site rows older than the column hold (ADD ... DEFAULT)
 
 
-def _avro_type(t: Any) -> str:
-    """The Python type of a decoded value, for COPY: ``["null", "long"]`` -> ``"long"``; logical
-    kinds (decimal, dates, times, bytes, uuid) decode to PostgreSQL's text -> ``"string"``;
-    anything else -> ``"other"``."""
+def _kind(t: Any) -> Kind | None:
+    """The kind of a field's Avro type, when it is one the source writes."""
     found = kind_of_avro_type(t)
-    if found is None:
-        return "other"
-    kind = found[0]
-    return "string" if kind == KIND_UUID or text_converter(kind) is not None else kind
+    return None if found is None else found[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +73,7 @@ class TableVersion:
             before = schema["fields"][0]
             row = before["type"][1]
             columns = tuple(ColumnDef(
-                f["name"], f["pg.name"], f["pg.type"], bool(f["pg.key"]), _avro_type(f["type"]),
+                f["name"], f["pg.name"], f["pg.type"], bool(f["pg.key"]), _kind(f["type"]),
                 tuple(TypeDef.from_json(d) for d in f.get("pg.defs", ())), f.get("pg.extension"),
                 f.get("pg.attnum"), f.get("pg.missing"))
                 for f in row["fields"])

@@ -22,14 +22,22 @@ from fastavro import parse_schema, schemaless_reader
 
 from cdc.core.wire.avro import OPS, Codec, without_logical_types
 from cdc.core.errors import SchemaError
-from cdc.core.types.mapping import decimal_params, has_special, kind_of_avro_type, text_converter
+from cdc.core.types.kind import (READ_BOOLEAN, READ_BYTES, READ_DOUBLE, READ_FLOAT, READ_LONG,
+                                 READ_STRING, Kind)
+from cdc.core.types.mapping import kind_of_avro_type, text_converter
 from sinks.changes import Change, TableVersion
 
-_STRING, _LONG, _DOUBLE, _FLOAT, _BOOL, _BYTES = 1, 2, 3, 4, 5, 6
-#: how each kind's typed branch is read (logical kinds are then turned into PostgreSQL text)
-_READER = {"string": _STRING, "uuid": _STRING, "int": _LONG, "long": _LONG, "double": _DOUBLE,
-           "float": _FLOAT, "boolean": _BOOL, "bytes": _BYTES, "date": _LONG,
-           "time-micros": _LONG, "local-timestamp-micros": _LONG, "timestamp-micros": _LONG}
+#: how the typed branch of each reader (:attr:`Kind.reader`) is read, as lines setting c{i}
+_READS = {
+    READ_BYTES: ["n, pos = _long(buf, pos)", "c{i} = buf[pos:pos + n]", "pos += n"],
+    READ_STRING: ["n = buf[pos]", "if n < 0x80:", "    n >>= 1", "    pos += 1",
+                  "else:", "    n, pos = _long(buf, pos)",
+                  "c{i} = buf[pos:pos + n].decode()", "pos += n"],
+    READ_LONG: ["c{i}, pos = _long(buf, pos)"],
+    READ_DOUBLE: ["c{i} = _D(buf, pos)[0]", "pos += 8"],
+    READ_FLOAT: ["c{i} = _F(buf, pos)[0]", "pos += 4"],
+    READ_BOOLEAN: ["c{i} = buf[pos] == 1", "pos += 1"],
+}
 _D = struct.Struct("<d").unpack_from
 _F = struct.Struct("<f").unpack_from
 
@@ -93,37 +101,20 @@ class EnvelopeDecoder:
         if self.fast:
             self._row = self._compile([k for k in kinds if k is not None])
 
-    def _compile(self, kinds: list[str]) -> Any:
+    def _compile(self, kinds: list[Kind]) -> Any:
         """A straight-line reader of this version's Row record (no per-column loop)."""
         lines = ["def row(buf, pos):"]
         scope: dict[str, Any] = {"_long": _long, "_D": _D, "_F": _F,
                                  "_bad_branch": self._bad_branch}
         for i, kind in enumerate(kinds):
-            special = has_special(kind)
             lines += ["    b = buf[pos]", "    pos += 1",
                       "    if b == 0:", f"        c{i} = None"]
-            if special:
+            if kind.special:
                 lines += ["    elif b == 4:",
                           "        n, pos = _long(buf, pos)",
                           f"        c{i} = buf[pos:pos + n].decode()", "        pos += n"]
             lines += ["    elif b != 2:", f"        _bad_branch(b, {i})", "    else:"]
-            reader = _BYTES if decimal_params(kind) else _READER[kind]
-            if reader == _BYTES:
-                lines += ["        n, pos = _long(buf, pos)",
-                          f"        c{i} = buf[pos:pos + n]", "        pos += n"]
-            elif reader == _STRING:
-                lines += ["        n = buf[pos]",
-                          "        if n < 0x80:", "            n >>= 1", "            pos += 1",
-                          "        else:", "            n, pos = _long(buf, pos)",
-                          f"        c{i} = buf[pos:pos + n].decode()", "        pos += n"]
-            elif reader == _LONG:
-                lines += [f"        c{i}, pos = _long(buf, pos)"]
-            elif reader == _DOUBLE:
-                lines += [f"        c{i} = _D(buf, pos)[0]", "        pos += 8"]
-            elif reader == _FLOAT:
-                lines += [f"        c{i} = _F(buf, pos)[0]", "        pos += 4"]
-            else:
-                lines += [f"        c{i} = buf[pos] == 1", "        pos += 1"]
+            lines += ["        " + line.format(i=i) for line in _READS[kind.reader]]
             conv = self._to_text.get(self.fields[i])
             if conv is not None:
                 scope[f"_text{i}"] = conv

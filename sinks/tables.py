@@ -24,6 +24,7 @@ from cdc.core import ledger
 from cdc.core.errors import ApplyError
 from cdc.runtime.pgsession import pinned_conninfo
 from cdc.core.types.catalog import TypeDef
+from cdc.core.types.mapping import can_hold
 from sinks import sql as q
 from sinks.changes import ColumnDef, TableVersion
 
@@ -32,38 +33,6 @@ log = logging.getLogger(__name__)
 #: prepared cloud targets kept, by (site, table version): versions only accumulate, times every
 #: site; one evicted is prepared again, as after a rollback (:meth:`CloudTables.forget`)
 TARGETS_KEPT = 1024
-
-_INT_RANK = {"smallint": 1, "integer": 2, "bigint": 3}
-_VARCHAR = re.compile(r"character varying\((\d+)\)\Z")
-_NUMERIC = re.compile(r"numeric\((\d+),(-?\d+)\)\Z")
-_PRECISION = re.compile(r"(timestamp|time)\((\d)\)( with(?:out)? time zone)\Z")
-
-
-def can_hold(cloud_type: str, site_type: str) -> bool:
-    """Whether every value of ``site_type`` fits ``cloud_type`` unchanged (pure)."""
-    if cloud_type == site_type:
-        return True
-    if cloud_type in _INT_RANK and site_type in _INT_RANK:
-        return _INT_RANK[cloud_type] >= _INT_RANK[site_type]
-    if cloud_type == "text" and site_type.startswith("character varying"):
-        return True
-    m_cloud, m_site = _VARCHAR.match(cloud_type), _VARCHAR.match(site_type)
-    if cloud_type == "character varying" and (m_site or site_type == "character varying"):
-        return True
-    if m_cloud and m_site:
-        return int(m_cloud.group(1)) >= int(m_site.group(1))
-    if cloud_type == "numeric" and site_type.startswith("numeric"):
-        return True
-    n_cloud, n_site = _NUMERIC.match(cloud_type), _NUMERIC.match(site_type)
-    if n_cloud and n_site:
-        p1, s1 = int(n_cloud.group(1)), int(n_cloud.group(2))
-        p2, s2 = int(n_site.group(1)), int(n_site.group(2))
-        return s1 >= s2 and p1 - s1 >= p2 - s2
-    t_site = _PRECISION.match(site_type)
-    if t_site and cloud_type == t_site.group(1) + t_site.group(3):
-        return True  # default precision (6) holds every lower precision
-    return False
-
 
 def _type_exists(conn: psycopg.Connection, sql_type: str) -> bool:
     row = conn.execute("SELECT to_regtype(%s) IS NOT NULL", (sql_type,)).fetchone()

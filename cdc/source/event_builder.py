@@ -32,8 +32,9 @@ from cdc.source.pgoutput import (Begin, Commit, Delete, Insert, Message, Relatio
 from cdc.runtime.registry import Framing, SelfContained
 from cdc.source.relations import ColumnLookup, KeyLookup, RelationCache
 from cdc.source.timescale import ChunkRange, ChunkTruncate, Hypertable
-from cdc.core.types.mapping import (KIND_DATE, KIND_INT, KIND_LONG, KIND_TIMESTAMP, KIND_TIMESTAMPTZ,
-                        TypeLookup)
+from cdc.core.types.integers import INT, LONG
+from cdc.core.types.mapping import TypeLookup
+from cdc.core.types.temporal import DATE, TIMESTAMP, TIMESTAMPTZ
 
 log = logging.getLogger(__name__)
 
@@ -350,9 +351,8 @@ class EventBuilder:
 
 
 #: TimescaleDB's internal time (Unix microseconds for these kinds) -> the Avro value
-_INTERNAL_TIME = {KIND_TIMESTAMPTZ: lambda v: v, KIND_TIMESTAMP: lambda v: v,
-                  KIND_DATE: lambda v: v // 86_400_000_000, KIND_INT: lambda v: v,
-                  KIND_LONG: lambda v: v}
+_INTERNAL_TIME = {TIMESTAMPTZ: lambda v: v, TIMESTAMP: lambda v: v,
+                  DATE: lambda v: v // 86_400_000_000, INT: lambda v: v, LONG: lambda v: v}
 
 
 def _bound_row(info: TableInfo, column: str, bound: int | None) -> bytes | None:

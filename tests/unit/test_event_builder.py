@@ -20,7 +20,8 @@ from cdc.source.pgoutput import (
     decode_message, pg_us_to_unix_us,
 )
 from cdc.core.types.temporal import (DAY_US, date_text, days_from_civil, time_text, timestamp_text)
-from cdc.core.types.mapping import converter, decimal_text, value_kind
+from cdc.core.types.mapping import converter, value_kind
+from cdc.core.types.numeric import decimal_text
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SITE = SiteIdentity("plant-1", "7300000000000000001", 1, "tributary_plant_1", "factory")
@@ -82,7 +83,12 @@ TIMESTAMPTZ_TEXTS = [b"2025-01-01 00:00:00+00", b"2025-06-30 23:59:59.999999+05:
 
 
 def text_value(oid: int, typmod: int = -1) -> st.SearchStrategy[bytes]:
-    """What pgoutput sends for a value of this type: its text output form."""
+    """What pgoutput sends for a value of this type: its text output form, or one of the edge
+    values its kind's family lists."""
+    return _text_value(oid, typmod) | st.sampled_from(value_kind(oid, typmod).edges)
+
+
+def _text_value(oid: int, typmod: int = -1) -> st.SearchStrategy[bytes]:
     if oid == 16:
         return st.sampled_from([b"t", b"f"])
     if oid == 21:

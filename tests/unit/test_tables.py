@@ -2,7 +2,7 @@
 
 import pytest
 
-from sinks.tables import can_hold
+from cdc.core.types.mapping import can_hold
 
 
 @pytest.mark.parametrize("cloud, site", [

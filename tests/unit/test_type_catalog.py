@@ -46,14 +46,14 @@ MOOD = TypeDef("kinds", "mood", "enum", labels=("sad", "ok"))
 
 def test_domains_travel_as_their_base_type_and_kind() -> None:
     t = describe(90002, -1, FakeCatalog())
-    assert (t.sql, t.kind, t.domain) == ("numeric(10,2)", "decimal(10,2)", "kinds.dearer")
+    assert (t.sql, t.kind.name, t.domain) == ("numeric(10,2)", "decimal(10,2)", "kinds.dearer")
 
 
 def test_enums_composites_and_ranges_carry_their_definitions_in_dependency_order() -> None:
     cat = FakeCatalog()
     assert describe(90003, -1, cat).defs == (MOOD,)
     arr = describe(90004, -1, cat)
-    assert (arr.sql, arr.kind, arr.defs) == ("kinds.mood[]", "string", (MOOD,))
+    assert (arr.sql, arr.kind.name, arr.defs) == ("kinds.mood[]", "string", (MOOD,))
     comp = describe(90005, -1, cat)
     assert comp.sql == 'kinds."Address"'
     assert comp.defs == (MOOD, TypeDef("kinds", "Address", "composite", attributes=(
@@ -64,7 +64,7 @@ def test_enums_composites_and_ranges_carry_their_definitions_in_dependency_order
 
 def test_extension_types_name_their_extension_and_pseudo_types_are_refused_by_column() -> None:
     h = describe(90007, -1, FakeCatalog())
-    assert (h.sql, h.kind, h.extension, h.defs) == ("hstore", "string", "hstore", ())
+    assert (h.sql, h.kind.name, h.extension, h.defs) == ("hstore", "string", "hstore", ())
     cat = FakeCatalog()
     with pytest.raises(TypeMappingError, match="public.t.c: anyelement is a pseudo-type"):
         column_type(90008, -1, lambda oid, typmod: describe(oid, typmod, cat), "public.t.c")

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from cdc.core.errors import TypeMappingError
-from cdc.core.types.mapping import KIND_STRING, ColumnType, builtin_type_sql, value_kind
+from cdc.core.types.mapping import ColumnType, builtin_type_sql, value_kind
+from cdc.core.types.text import STRING
 
 _PLAIN_IDENT = re.compile(r"[a-z_][a-z0-9_$]*\Z")
 _MAX_DEPTH = 16
@@ -122,7 +123,7 @@ def describe(oid: int, typmod: int, catalog: Catalog, depth: int = 0) -> ColumnT
     found = _Collected()
     if row.is_array and row.element_oid:
         element = describe(row.element_oid, typmod, catalog, depth + 1)
-        return ColumnType(sql=element.sql + "[]", kind=KIND_STRING, defs=element.defs,
+        return ColumnType(sql=element.sql + "[]", kind=STRING, defs=element.defs,
                           extension=element.extension)
     if row.typtype == "e":
         found.add((TypeDef(row.schema, row.name, "enum",
@@ -143,6 +144,6 @@ def describe(oid: int, typmod: int, catalog: Catalog, depth: int = 0) -> ColumnT
         # a multirange comes with its range type: creating the range creates it too
         found.add(describe(catalog.multirange_range(oid), -1, catalog, depth + 1).defs)
     else:
-        return ColumnType(sql=row.formatted, kind=KIND_STRING, extension=row.extension)
-    return ColumnType(sql=qualified, kind=KIND_STRING, defs=tuple(found.defs),
+        return ColumnType(sql=row.formatted, kind=STRING, extension=row.extension)
+    return ColumnType(sql=qualified, kind=STRING, defs=tuple(found.defs),
                       extension=row.extension)

@@ -1,4 +1,5 @@
-"""PostgreSQL dates and times as Avro's numbers, and back: calendar arithmetic, no datetime.
+"""Dates and times: the family's kinds (Avro's date, time-micros and timestamps), and the
+calendar arithmetic between PostgreSQL's text and Avro's numbers, no datetime.
 
 Avro's ``date`` counts days and ``timestamp-micros`` microseconds from 1970-01-01; PostgreSQL's
 range is far wider than Python's ``datetime`` (4713 BC to 5874897 AD for dates, 294276 AD for
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime, timedelta
+
+from cdc.core.types.kind import READ_LONG, Kind
 
 DAY_US = 86_400_000_000
 _UNIX_ORDINAL = date(1970, 1, 1).toordinal()
@@ -181,3 +184,75 @@ def _timestamp_text_wide(micros: int, utc: bool) -> str:
         head = head[:-3]
     text = f"{head} {time_text(us)}{'+00' if utc else ''}"
     return text + " BC" if bc else text
+
+
+# -- the family: date, time, timestamp, timestamptz as Avro's logical types ----------------------
+DATE_OID, TIME_OID, TIMESTAMP_OID, TIMESTAMPTZ_OID, INTERVAL_OID, TIMETZ_OID = (
+    1082, 1083, 1114, 1184, 1186, 1266)
+LONG_MAX = 2 ** 63 - 1
+
+
+def beyond_timestamp_micros(raw: bytes) -> bool:
+    """A timestamp past 294247-01-10 04:00:54.775807 UTC: PostgreSQL counts from 2000, Avro from
+    1970, so its last 30 years do not fit Avro's long. Only five- and six-digit years are checked
+    (their fifth character is a digit)."""
+    return raw[4:5] != b"-" and timestamp_micros(raw) > LONG_MAX
+
+
+_INFINITIES = (b"infinity", b"-infinity")
+DATE = Kind("date", {"type": "int", "logicalType": "date"}, date_days,
+            "e{i} = zigzag(_date(v{i}))", READ_LONG, to_text=date_text, special=True,
+            edges=(b"2024-02-29", b"1970-01-01", b"0001-01-01", b"0001-12-31 BC",
+                   b"4714-11-24 BC", b"5874897-12-31") + _INFINITIES)
+TIME = Kind("time-micros", {"type": "long", "logicalType": "time-micros"}, time_micros,
+            "e{i} = zigzag(_time(v{i}))", READ_LONG, to_text=time_text,
+            edges=(b"00:00:00", b"23:59:59.999999", b"24:00:00", b"12:00:00.000001"))
+
+
+def _timestamp(name: str, utc: bool, edges: tuple[bytes, ...]) -> Kind:
+    return Kind(name, {"type": "long", "logicalType": name}, timestamp_micros,
+                "e{i} = zigzag(_timestamp(v{i}))", READ_LONG,
+                to_text=lambda us: timestamp_text(us, utc=utc), special=True,
+                beyond=beyond_timestamp_micros, edges=edges + _INFINITIES)
+
+
+TIMESTAMP = _timestamp("local-timestamp-micros", False, (
+    b"2024-02-29 12:34:56.123456", b"1969-12-31 23:59:59.999999", b"0044-03-15 12:00:00 BC",
+    b"4714-11-24 00:00:00 BC", b"294276-12-31 23:59:59.999999"))
+TIMESTAMPTZ = _timestamp("timestamp-micros", True, (
+    b"2024-02-29 12:34:56.5+00", b"0001-01-01 00:00:00+00 BC",
+    b"294276-12-31 23:59:59.999999+00", b"294246-01-01 00:00:00+00"))
+
+KINDS = (DATE, TIME, TIMESTAMP, TIMESTAMPTZ)
+BY_OID = {DATE_OID: DATE, TIME_OID: TIME, TIMESTAMP_OID: TIMESTAMP, TIMESTAMPTZ_OID: TIMESTAMPTZ}
+#: interval and timetz have no Avro logical type: they travel as text
+SQL_NAMES = {DATE_OID: "date", TIME_OID: "time without time zone",
+             TIMESTAMP_OID: "timestamp without time zone",
+             TIMESTAMPTZ_OID: "timestamp with time zone", INTERVAL_OID: "interval",
+             TIMETZ_OID: "time with time zone"}
+ENCODER_HELPERS = {"_date": date_days, "_time": time_micros, "_timestamp": timestamp_micros}
+
+
+def sql_name(type_oid: int, typmod: int) -> str | None:
+    """The type's name with its precision, as ``format_type`` prints it (``timestamp(3) with
+    time zone``); None for an interval with modifiers (they carry field names: the catalog
+    prints those)."""
+    name = SQL_NAMES[type_oid]
+    if typmod < 0 or type_oid == DATE_OID:
+        return name
+    if type_oid == INTERVAL_OID:
+        return None
+    head, sep, zone = name.partition(" with")
+    return f"{head}({typmod}){sep}{zone}"
+
+
+_PRECISION = re.compile(r"(timestamp|time)\((\d)\)( with(?:out)? time zone)\Z")
+
+
+def holds(cloud_type: str, site_type: str) -> bool | None:
+    """A time or timestamp of default precision (6) holds every lower precision; None: not
+    a time type of a lower precision."""
+    site = _PRECISION.match(site_type)
+    if site and cloud_type == site[1] + site[3]:
+        return True
+    return None

@@ -62,7 +62,7 @@ def _name_part(text: str) -> str:
 
 def _metadata_hash(info: TableInfo) -> str:
     meta = [info.schema, info.table, info.oid, info.replica_identity, info.hypertable,
-            [[c.name, c.sql_type, c.kind, c.is_key, c.domain, [d.to_json() for d in c.defs],
+            [[c.name, c.sql_type, c.kind.name, c.is_key, c.domain, [d.to_json() for d in c.defs],
               c.extension, c.attnum, c.missing] for c in info.columns]]
     return hashlib.sha256(json.dumps(meta).encode()).hexdigest()[:12]
 

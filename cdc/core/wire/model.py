@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 
 from cdc.core.types.catalog import TypeDef
+from cdc.core.types.kind import Kind
 
 #: Kafka key of control records (Begin, Commit): compacted topics need a key on every record.
 CONTROL_KEY = b"\x00tributary.tx"
@@ -54,7 +55,7 @@ class ColumnInfo:
     name: str
     field: str  # Avro field name
     sql_type: str  # exact PostgreSQL type, e.g. "numeric(10,2)"
-    kind: str  # Avro kind, see cdc.core.types.mapping
+    kind: Kind  # how its values travel (cdc.core.types.kind)
     is_key: bool
     type_oid: int
     type_modifier: int

@@ -12,19 +12,14 @@ Layout of an envelope body (field order of :func:`cdc.core.wire.avro.envelope_sc
 
 from __future__ import annotations
 
-import struct
-from typing import Callable
+from typing import Any, Callable
 
 from cdc.core.errors import DecodeError
 from cdc.core.wire.model import UNCHANGED_TOAST
-from cdc.core.types.mapping import (KIND_BOOLEAN, KIND_BYTES, KIND_DATE, KIND_DOUBLE, KIND_FLOAT, KIND_INT,
-                        KIND_LONG, KIND_STRING, KIND_TIME, KIND_TIMESTAMP, KIND_TIMESTAMPTZ,
-                        KIND_UUID, beyond_timestamp_micros, bytea_value, converter, date_days, decimal_bytes, decimal_params,
-                        decimal_unscaled, float4, has_special, time_micros, timestamp_micros)
+from cdc.core.types.kind import Kind
+from cdc.core.types.mapping import ENCODER_SCOPE, converter
 
 _SMALL = [bytes([i]) for i in range(128)]
-_DOUBLE = struct.Struct("<d").pack
-_FLOAT = struct.Struct("<f").pack
 NULL = b"\x00"  # union branch 0 (null)
 BRANCH1 = b"\x02"  # union branch 1
 OP_BYTES = {"c": b"\x00", "u": b"\x02", "d": b"\x04", "r": b"\x06", "t": b"\x08"}
@@ -57,32 +52,6 @@ def boolean(value: bool) -> bytes:
     return b"\x01" if value else b"\x00"
 
 
-_INLINE = {
-    # per kind: source lines computing e{i} (the value's Avro bytes) from raw text bytes v{i}
-    KIND_STRING: "n = len(v{i}); e{i} = (_SMALL[n << 1] if n < 64 else zigzag(n)) + v{i}",
-    KIND_UUID: "n = len(v{i}); e{i} = (_SMALL[n << 1] if n < 64 else zigzag(n)) + v{i}",
-    KIND_INT: "e{i} = zigzag(int(v{i}))",
-    KIND_LONG: "e{i} = zigzag(int(v{i}))",
-    KIND_DOUBLE: "e{i} = _DOUBLE(float(v{i}))",
-    KIND_FLOAT: "e{i} = _FLOAT(_float4(v{i}))",
-    KIND_BOOLEAN: "e{i} = b'\\x01' if v{i} == b't' else b'\\x00'",
-    KIND_BYTES: "e{i} = string(_bytea(v{i}))",
-    KIND_DATE: "e{i} = zigzag(_date(v{i}))",
-    KIND_TIME: "e{i} = zigzag(_time(v{i}))",
-    KIND_TIMESTAMP: "e{i} = zigzag(_timestamp(v{i}))",
-    KIND_TIMESTAMPTZ: "e{i} = zigzag(_timestamp(v{i}))",
-}
-_DECIMAL = "e{i} = string(_decimal_bytes(_unscaled(v{i}, {scale})))"
-
-
-def _inline(kind: str) -> str | None:
-    """The source line encoding one value of ``kind``, or None if the kind is unknown."""
-    params = decimal_params(kind)
-    if params:
-        return _DECIMAL.replace("{scale}", str(params[1]))
-    return _INLINE.get(kind)
-
-
 class RowEncoder:
     """Encodes one table version's tuples: rows (all columns nullable) and keys (key columns).
 
@@ -92,7 +61,7 @@ class RowEncoder:
 
     __slots__ = ("fields", "kinds", "key_positions", "where", "nullable_key", "row_key", "_n")
 
-    def __init__(self, kinds: list[str], fields: list[str], key_positions: list[int],
+    def __init__(self, kinds: list[Kind], fields: list[str], key_positions: list[int],
                  where: str, nullable_key: bool = False) -> None:
         self.fields = tuple(fields)
         self.kinds = tuple(kinds)
@@ -100,36 +69,36 @@ class RowEncoder:
         self.where = where
         self.nullable_key = nullable_key
         self._n = len(kinds)
-        unknown = [k for k in kinds if _inline(k) is None]
-        if unknown:
-            raise DecodeError(f"{where}: no Avro encoding for column kinds {unknown}")
         self.row_key = self._compile(kinds)
 
-    def _compile(self, kinds: list[str]) -> Callable[[tuple, list[str] | None], tuple[bytes, bytes]]:
+    def _compile(self, kinds: list[Kind]) -> Callable[[tuple, list[str] | None], tuple[bytes, bytes]]:
         """``row_key(values, toast) -> (Row record, KeyRow record)`` for this table version."""
         n = len(kinds)
         names = ", ".join(f"v{i}" for i in range(n)) + ("," if n == 1 else "")
+        scope: dict[str, Any] = {}
         lines = ["def row_key(values, toast=None):",
                  f"    if len(values) != {n}:",
                  "        _wrong_width(values)",
                  f"    {names} = values"]
         for i, kind in enumerate(kinds):
             lines.append(f"    if type(v{i}) is bytes:")
-            if has_special(kind):
+            encode = kind.encode.format(i=i)
+            if kind.special:
                 # NaN and infinities: the string branch after the typed one, in row and key
                 test = f"v{i}[-1:] in _SPECIAL"
-                if kind in (KIND_TIMESTAMP, KIND_TIMESTAMPTZ):
-                    test += f" or _beyond(v{i})"
+                if kind.beyond is not None:
+                    test += f" or _beyond{i}(v{i})"
+                    scope[f"_beyond{i}"] = kind.beyond
                 lines += [f"        if {test}:",
                           f"            e{i} = string(v{i})",
                           f"            p{i} = b'\\x04' + e{i}",
                           f"            e{i} = b'\\x02' + e{i}",
                           "        else:",
-                          f"            {_inline(kind).format(i=i)}",  # type: ignore[union-attr]
+                          f"            {encode}",
                           f"            p{i} = b'\\x02' + e{i}",
                           f"            e{i} = b'\\x00' + e{i}"]
             else:
-                lines += [f"        {_inline(kind).format(i=i)}",  # type: ignore[union-attr]
+                lines += [f"        {encode}",
                           f"        p{i} = b'\\x02' + e{i}"]
             lines += ["    else:",
                       f"        p{i} = _unusual(v{i}, {i}, toast)",
@@ -145,13 +114,11 @@ class RowEncoder:
         # a value its type's text form cannot be (a conversion error) is named with its column
         lines = lines[:1] + ["    try:"] + ["    " + line for line in lines[1:]] + [
             "    except (ValueError, OverflowError) as exc:", "        _bad_value(values, exc)"]
-        scope = {"_SMALL": _SMALL, "zigzag": zigzag, "_DOUBLE": _DOUBLE, "_FLOAT": _FLOAT, "_float4": float4,
-                 "string": string, "_bytea": bytea_value, "_date": date_days, "_time": time_micros,
-                 "_timestamp": timestamp_micros, "_decimal_bytes": decimal_bytes,
-                 "_unscaled": decimal_unscaled, "_SPECIAL": (b"N", b"y"),
-                 "_beyond": beyond_timestamp_micros,
-                 "_unusual": self._unusual, "_wrong_width": self._wrong_width,
-                 "_null_key": self._null_key, "_bad_value": self._bad_value}
+        scope.update(ENCODER_SCOPE)
+        scope.update({"_SMALL": _SMALL, "zigzag": zigzag, "string": string,
+                      "_SPECIAL": (b"N", b"y"), "_unusual": self._unusual,
+                      "_wrong_width": self._wrong_width, "_null_key": self._null_key,
+                      "_bad_value": self._bad_value})
         exec("\n".join(lines), scope)  # noqa: S102 - generated from column kinds only
         return scope["row_key"]  # type: ignore[no-any-return]
 
