@@ -310,6 +310,33 @@ class BenchBase:
         self.children.append(c)
         return c
 
+    def cluster(self, name: str, bindir: Path, settings: dict[str, str] | None = None
+                ) -> PgCluster:
+        """A PostgreSQL cluster started in the temp dir (stopped by :meth:`cleanup`)."""
+        cluster = PgCluster(name, self.tmp, settings=settings, bindir=bindir)
+        self.servers.append(cluster)
+        cluster.start()
+        return cluster
+
+    def kafka(self, libs: Path) -> KafkaBroker:
+        """A Kafka broker started in the temp dir, warmed up (stopped by :meth:`cleanup`).
+
+        A fresh broker answers the first idempotent producer's PID request with "coordinator
+        load in progress" while it creates its internal state; a broker in service does not.
+        So one idempotent produce goes first, untimed, to a topic outside the benchmarks'
+        prefix, which the sink never sees."""
+        from confluent_kafka import Producer
+
+        broker = KafkaBroker(self.tmp / "kafka", libs=libs)
+        self.servers.append(broker)
+        broker.start(timeout=120)
+        producer = Producer({"bootstrap.servers": broker.bootstrap_servers,
+                             "enable.idempotence": True, "acks": "all", "log_level": 0})
+        producer.produce("tributary-bench-warmup", b"warm-up")
+        if producer.flush(120):
+            raise BenchError("the Kafka broker did not acknowledge a warm-up record in 120 s")
+        return broker
+
     def daemon(self, kind: str, name: str, config: Path) -> Child:
         return self.child(name, [sys.executable, "-m", "cdc.cli", kind, "run", "--config",
                                  str(config)], child_env())

@@ -40,7 +40,7 @@ from benchmarks.harness import (BenchBase, BenchError, Child, git_describe, proc
                                 run_bench, say, tree_cpu_s, vm_hwm_mb, wait_until)
 from cdc.core.config import SinkConfig
 from devenv import pipeline
-from devenv.kafka import KAFKA_VERSION, KafkaBroker, ensure_kafka
+from devenv.kafka import KAFKA_VERSION, ensure_kafka
 from devenv.ports import free_port
 from devenv.postgres import PgCluster, ensure_postgres_installed
 
@@ -230,17 +230,9 @@ class LatencyBench(BenchBase):
         bindir = ensure_postgres_installed()
         libs = ensure_kafka()
         for site in self.site_ids:
-            cluster = PgCluster(site, self.tmp, bindir=bindir)
-            self.servers.append(cluster)
-            cluster.start()
-            self.sites[site] = cluster
-        self.cloud = PgCluster("cloud", self.tmp, bindir=bindir)
-        self.servers.append(self.cloud)
-        self.cloud.start()
-        self.broker = KafkaBroker(self.tmp / "kafka", libs=libs)
-        self.servers.append(self.broker)
-        self.broker.start(timeout=120)
-        self.warm_kafka()
+            self.sites[site] = self.cluster(site, bindir)
+        self.cloud = self.cluster("cloud", bindir)
+        self.broker = self.kafka(libs)
         for site, cluster in self.sites.items():
             dsn = cluster.create_database(DATABASE)
             pipeline.execute(dsn, *SITE_DDL)
@@ -252,16 +244,6 @@ class LatencyBench(BenchBase):
                 "SELECT name, current_setting(name) FROM pg_settings WHERE name IN"
                 " ('shared_buffers', 'synchronous_commit', 'fsync', 'full_page_writes',"
                 " 'wal_writer_delay', 'autovacuum') ORDER BY 1").fetchall())
-
-    def warm_kafka(self) -> None:
-        """One idempotent produce first: a fresh broker's producer-ID coordinator loads."""
-        from confluent_kafka import Producer
-
-        producer = Producer({"bootstrap.servers": self.broker.bootstrap_servers,
-                             "enable.idempotence": True, "acks": "all", "log_level": 0})
-        producer.produce("tributary-bench-warmup", b"warm-up")
-        if producer.flush(120):
-            raise BenchError("the Kafka broker did not acknowledge a warm-up record in 120 s")
 
     def start_daemons(self) -> None:
         kafka = self.broker.bootstrap_servers

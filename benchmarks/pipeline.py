@@ -37,8 +37,8 @@ from benchmarks.harness import (PROGRESS_EVERY_S, RESULTS_DIR, BenchBase, BenchE
                                 git_describe, process_cpu_s, say, start_profiler,
                                 thousands, tree_cpu_s, vm_hwm_mb, wait_until)
 from cdc.core.lsn import format_lsn, parse_lsn
-from devenv.kafka import KAFKA_VERSION, KafkaBroker, ensure_kafka
-from devenv.postgres import PgCluster, ensure_postgres_installed
+from devenv.kafka import KAFKA_VERSION, ensure_kafka
+from devenv.postgres import ensure_postgres_installed
 from devenv import pipeline
 
 
@@ -99,16 +99,9 @@ class Bench(BenchBase):
         bindir = ensure_postgres_installed()
         libs = ensure_kafka()
         self.bindir = bindir
-        self.site = PgCluster("site", self.tmp, settings=PG_SETTINGS, bindir=bindir)
-        self.servers.append(self.site)
-        self.site.start()
-        self.cloud = PgCluster("cloud", self.tmp, settings=PG_SETTINGS, bindir=bindir)
-        self.servers.append(self.cloud)
-        self.cloud.start()
-        self.broker = KafkaBroker(self.tmp / "kafka", libs=libs)
-        self.servers.append(self.broker)
-        self.broker.start(timeout=120)
-        self.warm_kafka()
+        self.site = self.cluster("site", bindir, PG_SETTINGS)
+        self.cloud = self.cluster("cloud", bindir, PG_SETTINGS)
+        self.broker = self.kafka(libs)
         self.site_dsn = self.site.create_database(DATABASE)
         self.cloud_dsn = self.cloud.create_database(DATABASE)
         with psycopg.connect(self.site_dsn) as conn:
@@ -118,21 +111,6 @@ class Bench(BenchBase):
                 " ('shared_buffers', 'synchronous_commit', 'fsync', 'full_page_writes',"
                 " 'logical_decoding_work_mem', 'max_wal_size', 'autovacuum') ORDER BY 1").fetchall()
         self.results["postgres_settings"] = dict(settings)
-
-    def warm_kafka(self) -> None:
-        """One idempotent produce before the timed runs (untimed).
-
-        A fresh broker answers the first idempotent producer's PID request with "coordinator
-        load in progress" while it creates its internal state; a broker in service does not.
-        The topic is outside the benchmark's prefix, so the sink never sees it.
-        """
-        from confluent_kafka import Producer
-
-        producer = Producer({"bootstrap.servers": self.broker.bootstrap_servers,
-                             "enable.idempotence": True, "acks": "all", "log_level": 0})
-        producer.produce("tributary-bench-warmup", b"warm-up")
-        if producer.flush(120):
-            raise BenchError("the Kafka broker did not acknowledge a warm-up record in 120 s")
 
     def prepare_site(self) -> None:
         with psycopg.connect(self.site_dsn, autocommit=True) as conn:
