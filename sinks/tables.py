@@ -26,6 +26,7 @@ from cdc.runtime.pgsession import pinned_conninfo
 from cdc.core.types.catalog import TypeDef
 from cdc.core.types.mapping import can_hold
 from sinks import sql as q
+from sinks.cloud_names import check_names
 from sinks.changes import ColumnDef, TableVersion
 
 log = logging.getLogger(__name__)
@@ -274,6 +275,7 @@ class CloudTables:
 
     def _prepare(self, conn: psycopg.Connection, version: TableVersion, site_id: str) -> Target:
         schema, table = self.name_of(version)
+        check_names(version, schema, self.site_column, site_id)
         where = f"cloud table {schema}.{table} (site table {version.qualified})"
         conn.execute(ledger.DDL_LOCK)
         for col in version.columns:

@@ -45,6 +45,11 @@ class ApplyError(TributaryError):
     """The sink cannot apply an event to the cloud database; that site's stream stops."""
 
 
+class ReservedNameError(ApplyError):
+    """A site's events name a cloud schema, type or column that is not a site's to write (the
+    sink's bookkeeping, the system catalogs, the site column): that site stops."""
+
+
 class ProgressError(TributaryError):
     """The sink's recorded progress contradicts the stream (LSNs going backwards for one identity)."""
 
