@@ -69,6 +69,9 @@ class _SinkSession:
     big: tuple[str, int] | None = None  # partition whose big transaction is open
     rewound: set[tuple[str, int]] = field(default_factory=set)  # read again from the cloud
     group_checked: float = 0.0  # when the broker was last asked whether site topics wait
+    #: the session is ending and its worker is gone: what it read and did not apply is read
+    #: again by the next session, so the revoke that closing the consumer brings applies nothing
+    closing: bool = False
 
 
 class Sink:
@@ -156,6 +159,7 @@ class Sink:
             self.health.set_ready(False, "not consuming (reconnecting or stopping)")
             self.metrics.consuming.set(0)
             if self.state is not None:
+                self.state.closing = True
                 self.state.worker.close()
                 try:
                     self.state.consumer.close()
@@ -240,9 +244,10 @@ class Sink:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition],
                    lost: bool = False) -> None:
         failpoint("sink.on_revoke")
-        if self.state.big is None and not lost:
-            self._flush()  # keep the whole transactions already read; the rest is read again
-        self._drain()
+        if not self.state.closing:
+            if self.state.big is None and not lost:
+                self._flush()  # keep the whole transactions already read; the rest is read again
+            self._drain()
         self._rollback()
         for tp in partitions:
             self.state.streams.pop((tp.topic, tp.partition), None)
@@ -341,6 +346,7 @@ class Sink:
                     raise KafkaException(err)
                 try:
                     self._ingest(msg)
+                    failpoint("sink.after_ingest")
                 except Exception as exc:  # unreadable or refused: that record's site stops
                     key = (msg.topic(), msg.partition())
                     stream = self.state.streams.get(key)

@@ -48,6 +48,8 @@ NAMES: dict[str, str] = {
     "sink.after_cloud_commit": "the cloud transaction committed (rows, offsets and site progress "
                                "together), before the sink's in-memory bookkeeping "
                                "(sinks/sink.py)",
+    "sink.after_ingest": "each record the sink read, after it joined its site's stream, in the "
+                         "main thread (sinks/sink.py)",
     "sink.on_assign": "the consumer group assigned partitions (sinks/sink.py)",
     "sink.on_revoke": "the consumer group revoked partitions (sinks/sink.py)",
     "sink.apply_part": "a part of a large transaction handed to the cloud transaction that "

@@ -412,3 +412,37 @@ def check_shared(p: Pipeline, second: Daemon) -> None:
         p.sync(site)
         p.assert_equal(site)
     assert second.stop() == 0
+
+
+def test_a_session_ending_with_whole_transactions_unapplied_starts_again(
+        pipeline_factory: Callable[..., Pipeline]) -> None:
+    """The sink's session ends on an error while whole transactions it read still wait to be
+    applied (here a failpoint after the first change of the last one, all read in one turn).
+    Closing the consumer revokes the partitions, and the revoke hands those transactions to
+    the apply worker, which has already ended: the sink must start a new session and apply
+    everything, not wait for that worker forever."""
+    from cdc.core.wire.model import CONTROL_KEY, POSITION_KEY
+
+    p = pipeline_factory(sites=("a",))
+    a = p.site_dsn["a"]
+    p.sources["a"].start()
+    wait_until(lambda: count(a, "SELECT count(*) FROM pg_replication_slots WHERE active") == 1,
+               TIMEOUT, "the slot of site a to be active", p.daemons)
+    for i in range(3):
+        execute(a, f"INSERT INTO devices (id, name) VALUES ({i}, 'device {i}')")
+    topic = load_config(p.sink.config).kafka.site_topic("a")
+
+    def changes() -> list[int]:
+        return [i for i, (key, _) in enumerate(read_topic(p.kafka, topic))
+                if key not in (CONTROL_KEY, POSITION_KEY)]
+
+    wait_until(lambda: len(changes()) >= 3, TIMEOUT, "the three transactions in Kafka",
+               p.daemons)
+    last = changes()[-1]  # its offset: the failpoint counts every record the sink reads
+    p.sink.start(env={"TRIBUTARY_FAILPOINTS": f"sink.after_ingest=error@{last + 1}"})
+    wait_until(lambda: "failpoint sink.after_ingest" in p.sink.log(), TIMEOUT,
+               "the failpoint to fire", p.daemons)
+    p.sync("a")
+    assert rows_of(p.cloud_dsn, "public.devices", ["id", "name"], where_site="a") == \
+        rows_of(a, "public.devices", ["id", "name"])
+    p.stop()
