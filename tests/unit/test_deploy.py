@@ -576,3 +576,18 @@ def test_metric_names_check_has_teeth() -> None:
     assert "tributary_sink_end_to_end_latency_seconds_bucket" in exposed
     assert "tributary_sink_rows_applied" in exposed  # the family name
     assert "tributary_sink_lag_second" not in exposed
+
+
+def test_metrics_are_reachable_only_inside_the_namespace_and_from_scrapers(
+        overlay: tuple[dict[str, Any], ...]) -> None:
+    """One NetworkPolicy covers every Tributary pod and admits the metrics port only from the
+    namespace's pods and namespaces labelled for scraping."""
+    [policy] = _kind(overlay, "NetworkPolicy")
+    pods = [d for d in _kind(overlay, "Deployment")]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert pods and all(selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+                        for d in pods)
+    [rule] = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 9464, "protocol": "TCP"}]
+    assert rule["from"] == [{"podSelector": {}},
+                            {"namespaceSelector": {"matchLabels": {"tributary.io/scrape": "true"}}}]
