@@ -12,14 +12,15 @@ from typing import Any
 import psycopg
 
 from cdc.core import ledger
+from cdc.core.types.integers import LONG
+from cdc.core.types.text import STRING
 from sinks.applier import Applier
 from sinks.batcher import Delete, Upsert
 from sinks.changes import ColumnDef, TableVersion
 from sinks.tables import CloudTables
 
-DEVICES = TableVersion(1, "public", "devices", (ColumnDef("id", "id", "integer", True, "long"),
-                                                ColumnDef("name", "name", "text", False,
-                                                          "string")))
+DEVICES = TableVersion(1, "public", "devices", (ColumnDef("id", "id", "integer", True, LONG),
+                                                ColumnDef("name", "name", "text", False, STRING)))
 
 
 def seq_scans(conn: psycopg.Connection) -> int:

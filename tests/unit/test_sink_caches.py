@@ -16,6 +16,8 @@ from psycopg import sql
 
 from cdc.core.wire.avro import Codec, read_fingerprint
 from cdc.core.config import KafkaConfig
+from cdc.core.types.integers import LONG
+from cdc.core.types.text import STRING
 from cdc.source.pgoutput import Begin, Column, Commit, Insert, Relation
 from cdc.runtime.registry import RegistrySchemas
 from cdc.runtime.schema_store import SchemaRegistry
@@ -127,8 +129,8 @@ def test_registry_schemas_are_bounded_and_fetched_again_equal() -> None:
 
 
 def _version(i: int) -> TableVersion:
-    return TableVersion(i, "public", "t", (ColumnDef("id", "id", "integer", True, "long"),
-                                          ColumnDef(f"c{i}", f"c{i}", "text", False, "string")))
+    return TableVersion(i, "public", "t", (ColumnDef("id", "id", "integer", True, LONG),
+                                          ColumnDef(f"c{i}", f"c{i}", "text", False, STRING)))
 
 
 def test_prepared_targets_are_bounded_and_prepared_again_equal(
