@@ -43,6 +43,7 @@ from cdc.source.publication import (SiteTable, ensure_publication, list_tables, 
                                     publication_tables)
 from cdc.source.slot import (SlotState, create_slot_exporting, ensure_slot, record_creation,
                              slot_figures, slot_state, unused_since_creation)
+from cdc.source.selection import TableSelection
 from cdc.source.snapshot import PREFIX as SNAPSHOT_PREFIX
 from cdc.source.snapshot import Snapshots, TableKey
 from cdc.source.stream import ReplicationStream, identify_system, now_pg_us, open_replication
@@ -351,13 +352,15 @@ class Source:
         assert slot is not None and s.repl is not None and s.system is not None
         assert producer is not None
         stream = ReplicationStream(s.repl, slot.name, site.publication, slot.confirmed_flush_lsn)
+        selection = TableSelection(lambda name: matches(name, site.tables, site.exclude))
         log.info("streaming", extra={"site": site.id, "slot": slot.name, "topic": topic,
                                      "from_lsn": format_lsn(slot.confirmed_flush_lsn),
                                      "system_id": s.system.system_id})
         self.health.set_ready(True)
         self.metrics.streaming.labels(site.id).set(1)
         try:
-            self._stream(stream, builder, producer, progress, s.conn, chunk_filter, s.snapshots)
+            self._stream(stream, builder, producer, progress, s.conn, selection, chunk_filter,
+                         s.snapshots)
         finally:
             self.health.set_ready(False, "not streaming (reconnecting or stopping)")
             self.metrics.streaming.labels(site.id).set(0)
@@ -369,18 +372,19 @@ class Source:
                                    "confirmed_lsn": format_lsn(progress.confirmed_lsn)})
 
     def _sweep_relations(self, conn: psycopg.Connection, builder: EventBuilder,
-                         chunk_filter: TimescaleFilter | None, dropped: DroppedRelations,
-                         received_lsn: int) -> None:
+                         selection: TableSelection, chunk_filter: TimescaleFilter | None,
+                         dropped: DroppedRelations, received_lsn: int) -> None:
         """Forget relations the site dropped once the stream is past their drop, and look for
         newly dropped ones: chunks come and go on TimescaleDB sites, each with a new OID."""
         gone = dropped.due(received_lsn)
         if gone:
             builder.forget(gone)
+            selection.forget(gone)
             if chunk_filter is not None:
                 chunk_filter.forget(gone)
             log.debug("forgot dropped relations", extra={"site": self.site.id,
                                                          "relations": len(gone)})
-        cached = builder.relations.oids()
+        cached = builder.relations.oids() | selection.oids()
         if chunk_filter is not None:
             cached |= chunk_filter.oids()
         if cached:
@@ -388,7 +392,8 @@ class Source:
 
     def _stream(self, stream: ReplicationStream, builder: EventBuilder,
                 producer: EventProducer, progress: SourceProgress,
-                conn: psycopg.Connection, chunk_filter: TimescaleFilter | None = None,
+                conn: psycopg.Connection, selection: TableSelection,
+                chunk_filter: TimescaleFilter | None = None,
                 snapshots: Snapshots | None = None) -> None:
         now = time.monotonic()
         status = Every(self.site.status_interval_s, 0.0)  # a status at once
@@ -414,6 +419,8 @@ class Source:
                     msg = decode(data[XLOG_HEADER:])
                     if chunk_filter is not None:  # returns None for compression writes
                         msg = chunk_filter(msg)
+                    if msg is not None:
+                        msg = selection(msg)  # None for a table the site does not send
                     if msg is not None:
                         for item in handle(msg):
                             if type(item) is tuple:
@@ -473,7 +480,8 @@ class Source:
             if tables.due(now):
                 self._refresh_tables(conn, snapshots)
             if sweep.due(now):
-                self._sweep_relations(conn, builder, chunk_filter, dropped, progress.received_lsn)
+                self._sweep_relations(conn, builder, selection, chunk_filter, dropped,
+                                      progress.received_lsn)
             if snapshots is not None:
                 snapshots.step()
             if progress_log.due(now):

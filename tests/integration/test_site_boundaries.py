@@ -133,3 +133,27 @@ def test_hostile_identifiers_replicate(pipeline_factory: Callable[..., Pipeline]
     assert cloud_rows == site_rows and len(site_rows) == 2
     assert longest == (3,)
     p.stop()
+
+
+def test_a_publication_for_all_tables_streams_only_the_selected_ones(
+        pipeline_factory: Callable[..., Pipeline]) -> None:
+    """An administrator made the publication beforehand FOR ALL TABLES (the site role may not
+    own the tables). The slot then carries every table: the source sends only those
+    ``site.tables`` selects, never the site's own bookkeeping (schema tributary), and the
+    site flows on."""
+    p = pipeline_factory(sites=("a",))
+    a = p.site_dsn["a"]
+    publication = load_config(p.sources["a"].config).need_site().publication
+    execute(a, "CREATE SCHEMA other", "CREATE TABLE other.secret (id int PRIMARY KEY, v text)",
+            f"CREATE PUBLICATION {publication} FOR ALL TABLES")
+    p.start()
+    execute(a, "INSERT INTO other.secret VALUES (1, 'not selected')",
+            "INSERT INTO devices (id, name) VALUES (1, 'one')")
+    p.sync("a")
+    cloud = p.cloud_dsn
+    assert count(cloud, "SELECT count(*) FROM pg_tables WHERE schemaname = 'other'") == 0
+    assert count(cloud, "SELECT count(*) FROM pg_tables WHERE schemaname = 'tributary'"
+                        " AND tablename IN ('snapshot_progress', 'slots')") == 0
+    assert count(cloud, "SELECT count(*) FROM public.devices WHERE site_id = 'a'") == 1
+    assert "site a stopped" not in p.sink.log()
+    p.stop()
